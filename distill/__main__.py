@@ -1,0 +1,5 @@
+"""``python -m distill`` runs the CLI."""
+
+from distill.cli import main
+
+main()

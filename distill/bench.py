@@ -1,0 +1,252 @@
+"""Dev accuracy and CPU latency of every artifact (PyTorch and ONNX Runtime) under one fixed protocol."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import onnx
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distill.config import BenchConfig
+from distill.errors import ConfigError, StageError
+from distill.evaluate import MODEL_INPUTS, predict_logits
+from distill.files import write_json
+from distill.metrics import agreement, compute_metrics, predictions_from_logits
+from distill.runtime import create_session, onnx_logits
+
+CPU_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "i8mm", "bf16",
+)
+LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "tokenizers", "datasets")
+MIN_TIMED_ITERATIONS = 5
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+@dataclass
+class Artifact:
+    """One model to measure.
+
+    Attributes:
+        name: how reports call it (``"teacher"``, ``"distil3"``).
+        runtime: ``"pytorch"`` (``path`` is a ``save_pretrained`` dir) or ``"onnxruntime"`` (``path`` is a ``.onnx``).
+        precision: the weights' number format, e.g. ``"fp32"``.
+        role: ``"teacher"`` or ``"student"``.
+    """
+
+    name: str
+    runtime: Literal["pytorch", "onnxruntime"]
+    precision: str
+    path: Path
+    role: Literal["teacher", "student"]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity and cgroup-pinned cores, not the whole machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def host_info() -> dict[str, Any]:
+    """CPU model, core counts, the SIMD/matrix flags that matter for inference speed, and the platform."""
+    cpu_model, flags = "", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware") and not cpu_model:
+                cpu_model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    return {
+        "cpu": cpu_model or platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "available_cores": available_cores(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "platform": platform.platform(),
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and the libraries whose behaviour shapes the numbers (``None`` when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _max_positions(artifact: Artifact) -> int | None:
+    config_path = artifact.path / "config.json" if artifact.path.is_dir() else artifact.path.parent / "config.json"
+    if not config_path.is_file():
+        return None
+    return json.loads(config_path.read_text(encoding="utf-8")).get("max_position_embeddings")
+
+
+def _check_artifacts(artifacts: list[Artifact], teacher_name: str, cfg: BenchConfig) -> Artifact:
+    """The teacher's PyTorch artifact; also checks that paths exist and the grid fits every model."""
+    for artifact in artifacts:
+        if not artifact.path.exists():
+            raise StageError(f"artifact {artifact.name} ({artifact.runtime}) is missing at {artifact.path}; "
+                             "run the stage that produces it first")
+        limit = _max_positions(artifact)
+        if limit is not None and max(cfg.seq_lengths) > limit:
+            raise ConfigError(f"bench.seq_lengths has {max(cfg.seq_lengths)} but {artifact.name} takes at most "
+                              f"{limit} tokens; lower bench.seq_lengths")
+    for artifact in artifacts:
+        if artifact.name == teacher_name and artifact.runtime == "pytorch":
+            return artifact
+    raise StageError(f"no PyTorch artifact named {teacher_name!r} to compare against; include the teacher's "
+                     "PyTorch model in the artifact list")
+
+
+def onnx_parameter_count(path: Path) -> int:
+    """Number of floating-point weights stored in an ONNX graph's initializers."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return int(sum(np.prod(tensor.dims, dtype=np.int64) for tensor in graph.initializer if tensor.data_type in FLOAT_TYPES))
+
+
+Runner = Callable[[dict[str, np.ndarray]], object]
+
+
+def _load(artifact: Artifact, validation: datasets.Dataset, threads: int) -> tuple[Runner, np.ndarray, int, int, list[str]]:
+    """``(run one batch, dev logits (n, num_labels), size in bytes, parameters, input names)`` of an artifact."""
+    columns = [name for name in MODEL_INPUTS if name in validation.column_names]
+    if artifact.runtime == "onnxruntime":
+        session = create_session(artifact.path, threads)
+        names = [node.name for node in session.get_inputs()]
+        logits = onnx_logits(session, validation.select_columns(columns).to_list())
+        size = artifact.path.stat().st_size
+        return (lambda feeds: session.run(None, feeds)), logits, size, onnx_parameter_count(artifact.path), names
+    model = AutoModelForSequenceClassification.from_pretrained(artifact.path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+    accepted = inspect.signature(model.forward).parameters
+    names = [name for name in MODEL_INPUTS if name in accepted]
+    logits = predict_logits(model, validation, tokenizer, desc=None)
+    size = sum(path.stat().st_size for path in artifact.path.glob("*.safetensors"))
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+
+    @torch.inference_mode()
+    def run(feeds: dict[str, np.ndarray]) -> object:
+        return model(**{name: torch.from_numpy(array) for name, array in feeds.items()})
+
+    return run, logits, size, parameters, names
+
+
+def latency_inputs(token_pool: np.ndarray, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    """A ``(batch, seq)`` batch of dev-set tokens with no padding: what a full batch looks like in service."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.choice(token_pool, size=(batch, seq)).astype(np.int64)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": np.ones((batch, seq), dtype=np.int64),
+        "token_type_ids": np.zeros((batch, seq), dtype=np.int64),
+    }
+
+
+def time_point(run: Runner, feeds: dict[str, np.ndarray], cfg: BenchConfig) -> dict[str, float | int]:
+    """Warm up, then time ``run`` until ``cfg.iterations`` or ``cfg.max_seconds_per_point`` (never fewer than 5)."""
+    for _ in range(cfg.warmup):
+        run(feeds)
+    seconds: list[float] = []
+    started = time.perf_counter()
+    minimum = min(MIN_TIMED_ITERATIONS, cfg.iterations)
+    while len(seconds) < cfg.iterations:
+        tick = time.perf_counter()
+        run(feeds)
+        seconds.append(time.perf_counter() - tick)
+        if len(seconds) >= minimum and time.perf_counter() - started >= cfg.max_seconds_per_point:
+            break
+    milliseconds = np.array(seconds) * 1000.0
+    p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
+    mean = float(milliseconds.mean())
+    batch = next(iter(feeds.values())).shape[0]
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean,
+            "throughput_per_s": batch / (mean / 1000.0), "iterations": len(seconds)}
+
+
+def benchmark_artifacts(
+    artifacts: list[Artifact],
+    validation: datasets.Dataset,
+    metric_names: list[str],
+    teacher_name: str,
+    cfg: BenchConfig,
+    out_path: Path,
+    is_regression: bool = False,
+) -> dict[str, Any]:
+    """Measure every artifact's dev metrics, agreement with the teacher, size and latency; write ``out_path``.
+
+    Args:
+        artifacts: the models to measure; one must be the teacher's PyTorch model, named ``teacher_name``.
+        validation: the tokenised dev split (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``).
+        metric_names: the task's metrics, main metric first.
+        cfg: the latency grid (``batch_sizes`` x ``seq_lengths``), threads, warm-up and iteration budget.
+        out_path: where the results JSON goes (``bench/results.json``).
+        is_regression: agreement becomes the Pearson correlation of the two models' scores.
+
+    Returns:
+        ``{"host", "versions", "protocol", "metric_names", "teacher", "artifacts": [...], "latency": [...]}``,
+        also written to ``out_path``.
+    """
+    teacher = _check_artifacts(artifacts, teacher_name, cfg)
+    threads = cfg.threads or available_cores()
+    labels = np.asarray(validation["labels"])
+    token_pool = np.concatenate([np.asarray(ids) for ids in validation["input_ids"]])
+    ordered = [teacher] + [artifact for artifact in artifacts if artifact is not teacher]
+    teacher_predictions: np.ndarray | None = None
+    artifact_rows, latency_rows = [], []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    progress = tqdm(total=len(ordered) * len(cfg.batch_sizes) * len(cfg.seq_lengths), desc="benchmarking")
+    try:
+        for artifact in ordered:
+            run, logits, size, parameters, names = _load(artifact, validation, threads)
+            predictions = predictions_from_logits(logits)
+            if teacher_predictions is None:
+                teacher_predictions = predictions
+            artifact_rows.append({
+                **asdict(artifact), "path": str(artifact.path), "size_bytes": size, "parameters": parameters,
+                "metrics": compute_metrics(metric_names, predictions, labels),
+                "agreement_with_teacher": agreement(predictions, teacher_predictions, is_regression),
+            })
+            for batch in cfg.batch_sizes:
+                for seq in cfg.seq_lengths:
+                    progress.set_postfix_str(f"{artifact.name}/{artifact.runtime} b{batch} s{seq}")
+                    feeds = latency_inputs(token_pool, batch, seq, seed=batch * 100_003 + seq)
+                    timing = time_point(run, {name: feeds[name] for name in names}, cfg)
+                    latency_rows.append({"name": artifact.name, "role": artifact.role, "runtime": artifact.runtime,
+                                         "precision": artifact.precision, "batch": batch, "seq": seq,
+                                         "threads": threads, **timing})
+                    progress.update()
+    finally:
+        progress.close()
+        torch.set_num_threads(previous_threads)
+    results = {
+        "host": host_info(),
+        "versions": library_versions(),
+        "protocol": {**cfg.model_dump(mode="json"), "threads": threads, "threads_requested": cfg.threads},
+        "metric_names": list(metric_names),
+        "teacher": teacher_name,
+        "is_regression": is_regression,
+        "artifacts": artifact_rows,
+        "latency": latency_rows,
+    }
+    write_json(Path(out_path), results)
+    return results

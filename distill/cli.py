@@ -1,0 +1,101 @@
+"""The ``distill`` command line: parse, call one stage function, print a short summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from distill.errors import DistillError
+
+CONFIG = click.argument("config", type=click.Path(path_type=Path))
+OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                         help="Override a config value, e.g. --set teacher.training.epochs=1 (repeatable).")
+RUN_DIR = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                       help="Run directory (default: runs/<config folder>-<config name>).")
+
+
+def _default_run_dir(config_path: Path) -> Path:
+    return Path("runs") / f"{config_path.resolve().parent.name}-{config_path.stem}"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _load(config_path: Path, overrides: tuple[str, ...]):
+    from distill.config import load_config
+
+    return load_config(config_path, list(overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="distill")
+def cli() -> None:
+    """Distil a BERT teacher into small, fast students and export them to ONNX with a latency/accuracy report."""
+
+
+@cli.command()
+@CONFIG
+@OVERRIDES
+def validate(config: Path, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG and report every problem at once."""
+    cfg = _load(config, overrides)
+    click.echo(f"{config}: valid ({len(cfg.students)} student(s): {', '.join(s.name for s in cfg.students)})")
+
+
+def _stage_command(name: str, stages: tuple[str, ...], help_text: str) -> Callable[..., None]:
+    @cli.command(name=name, help=help_text)
+    @CONFIG
+    @RUN_DIR
+    @OVERRIDES
+    def command(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
+        cfg = _load(config, overrides)
+        _quiet_libraries()
+        from distill.pipeline import run_pipeline
+
+        target = run_dir or _default_run_dir(config)
+        run_pipeline(cfg, target, stages)
+        click.echo(f"done: {', '.join(stages)} in {target}")
+
+    return command
+
+
+_stage_command("run", ("teacher", "train", "export", "bench", "report"),
+               "Run every stage of CONFIG in order, skipping completed ones and resuming an interrupted one.")
+_stage_command("teacher", ("teacher",), "Load, fine-tune if needed, evaluate and gate the teacher.")
+_stage_command("train", ("train",), "Distil every student from the teacher.")
+_stage_command("export", ("export",), "Export teacher and students to ONNX and check them against PyTorch.")
+_stage_command("bench", ("bench",), "Measure latency, size and accuracy of every artifact.")
+_stage_command("report", ("report",), "Write report.md and the plots from the benchmark results.")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1, without a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except DistillError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

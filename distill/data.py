@@ -1,0 +1,244 @@
+"""Train/validation splits from local files or the hub, with canonical columns, and their tokenisation."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from distill.config import DataConfig
+from distill.errors import DataError
+from distill.tasks import GLUE_TASKS
+
+SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class TaskData:
+    """The two splits with canonical columns ``text``, optional ``text_pair`` and ``label``.
+
+    ``label`` holds class ids (``int``) for classification and floats for regression.
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    label_names: list[str] | None
+    metrics: list[str]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+    @property
+    def has_pair(self) -> bool:
+        return "text_pair" in self.train.column_names
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str
+    text_pair: str | None
+    label: str
+
+
+def _file_format(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"cannot tell the format of {path} from its suffix; set data.format to one of tsv, csv, jsonl, parquet"
+        )
+    return fmt
+
+
+def read_table(path: Path, declared_format: str = "auto") -> pd.DataFrame:
+    """Read one local data file into a DataFrame of strings (TSV/CSV with quoting disabled, as GLUE needs)."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; fix the path in the config or pass --set data.train=PATH")
+    fmt = _file_format(path, declared_format)
+    try:
+        if fmt in ("tsv", "csv"):
+            frame = pd.read_csv(
+                path, sep="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+                dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8",
+            )
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            frame = pd.read_parquet(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"could not read {path} as {fmt} ({first_line}); check the file or set data.format") from err
+    if frame.empty:
+        raise DataError(f"data file {path} has no rows; point the config at a file with data")
+    return frame
+
+
+def _resolve_columns(cfg: DataConfig, task: str | None) -> Columns:
+    preset = GLUE_TASKS.get(task) if task else None
+    text = cfg.text_column or (preset.text_column if preset else None)
+    label = cfg.label_column or (preset.label_column if preset else None)
+    if text is None or label is None:
+        raise DataError("set data.text_column and data.label_column for a task without a preset")
+    pair = cfg.text_pair_column if cfg.text_pair_column is not None else (preset.text_pair_column if preset else None)
+    return Columns(text, pair, label)
+
+
+def _check_columns(frame: pd.DataFrame, columns: Columns, where: str) -> None:
+    wanted = {"data.text_column": columns.text, "data.label_column": columns.label}
+    if columns.text_pair:
+        wanted["data.text_pair_column"] = columns.text_pair
+    missing = {key: name for key, name in wanted.items() if name not in frame.columns}
+    if missing:
+        found = ", ".join(map(str, frame.columns))
+        problems = "; ".join(f"{key} {name!r}" for key, name in missing.items())
+        raise DataError(f"{where} has no column for {problems} (its columns are: {found}); set the right column name in the config")
+
+
+def _label_names(cfg: DataConfig, task: str | None, train_labels: pd.Series) -> list[str] | None:
+    """Decide the label vocabulary: ``None`` means regression."""
+    preset = GLUE_TASKS.get(task) if task else None
+    if cfg.problem_type == "regression" or (cfg.problem_type == "auto" and preset and preset.label_names is None
+                                            and cfg.label_names is None):
+        return None
+    if cfg.label_names is not None:
+        return list(cfg.label_names)
+    if preset is not None and preset.label_names is not None:
+        return list(preset.label_names)
+    values = train_labels.astype(str).str.strip()
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        if cfg.problem_type == "auto" and not (numeric == numeric.round()).all():
+            return None
+        ids = sorted(int(v) for v in numeric.unique())
+        if ids != list(range(len(ids))):
+            raise DataError(f"integer labels must be 0..K-1 but the train split has {ids[:10]}; set data.label_names")
+        return [str(i) for i in ids]
+    return sorted(values.unique())
+
+
+def _encode_labels(labels: pd.Series, label_names: list[str] | None, where: str) -> list[int] | list[float]:
+    values = labels.astype(str).str.strip()
+    if label_names is None:
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.isna().any():
+            bad = values[numeric.isna()].iloc[0]
+            raise DataError(f"{where} has a non-numeric label {bad!r} in a regression task; fix the file or set data.problem_type")
+        return numeric.astype(float).tolist()
+    index = {name: i for i, name in enumerate(label_names)}
+    encoded: list[int] = []
+    for row, value in enumerate(values):
+        if value in index:
+            encoded.append(index[value])
+        elif value.lstrip("-").isdigit() and 0 <= int(value) < len(label_names):
+            encoded.append(int(value))
+        else:
+            raise DataError(
+                f"{where} row {row + 1} has label {value!r}, which is not one of {label_names} nor an index into them; "
+                "set data.label_names to the labels the file uses"
+            )
+    return encoded
+
+
+def _canonical(frame: pd.DataFrame, columns: Columns, label_names: list[str] | None, where: str) -> datasets.Dataset:
+    out = {"text": frame[columns.text].astype(str).tolist()}
+    if columns.text_pair:
+        out["text_pair"] = frame[columns.text_pair].astype(str).tolist()
+    out["label"] = _encode_labels(frame[columns.label], label_names, where)
+    return datasets.Dataset.from_dict(out)
+
+
+def _hub_frames(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str] | None]:
+    """Load both splits of a hub dataset (needs network access at run time)."""
+    try:
+        dataset = datasets.load_dataset(cfg.hub_dataset, cfg.hub_subset)
+    except Exception as err:  # the hub raises many unrelated types; all mean "cannot get it"
+        raise DataError(f"could not load hub dataset {cfg.hub_dataset!r} ({type(err).__name__}); check the name and network, "
+                        "or point data.train and data.validation at local files") from err
+    for split in (cfg.train_split, cfg.validation_split):
+        if split not in dataset:
+            raise DataError(f"hub dataset {cfg.hub_dataset!r} has no split {split!r} (it has {list(dataset)}); set data.train_split/validation_split")
+    names = None
+    features = dataset[cfg.train_split].features
+    label_feature = features.get(cfg.label_column or "label")
+    if isinstance(label_feature, datasets.ClassLabel):
+        names = list(label_feature.names)
+    return dataset[cfg.train_split].to_pandas(), dataset[cfg.validation_split].to_pandas(), names
+
+
+def load_task_data(cfg: DataConfig, task: str | None, seed: int = 0) -> TaskData:
+    """Load, check and normalise both splits.
+
+    Args:
+        cfg: the ``data:`` section of the config (paths already absolute).
+        task: a GLUE preset name, or ``None`` for a custom dataset described entirely by ``cfg``.
+        seed: seeds the ``train_limit`` / ``validation_limit`` subsampling.
+    """
+    columns = _resolve_columns(cfg, task)
+    if cfg.hub_dataset is not None:
+        train_frame, validation_frame, hub_names = _hub_frames(cfg)
+        train_where, validation_where = f"{cfg.hub_dataset}:{cfg.train_split}", f"{cfg.hub_dataset}:{cfg.validation_split}"
+        if hub_names and cfg.label_names is None:
+            cfg = cfg.model_copy(update={"label_names": hub_names})
+    else:
+        assert cfg.train is not None and cfg.validation is not None, "DataConfig validator guarantees both paths"
+        train_frame = read_table(cfg.train, cfg.format)
+        validation_frame = read_table(cfg.validation, cfg.format)
+        train_where, validation_where = str(cfg.train), str(cfg.validation)
+    _check_columns(train_frame, columns, train_where)
+    _check_columns(validation_frame, columns, validation_where)
+    label_names = _label_names(cfg, task, train_frame[columns.label])
+    train = _canonical(train_frame, columns, label_names, train_where)
+    validation = _canonical(validation_frame, columns, label_names, validation_where)
+    if cfg.train_limit is not None and cfg.train_limit < len(train):
+        train = train.shuffle(seed=seed).select(range(cfg.train_limit))
+    if cfg.validation_limit is not None and cfg.validation_limit < len(validation):
+        validation = validation.shuffle(seed=seed).select(range(cfg.validation_limit))
+    preset = GLUE_TASKS.get(task) if task else None
+    if cfg.metrics:
+        metrics = list(cfg.metrics)
+    elif preset is not None and (preset.label_names is None) == (label_names is None):
+        metrics = list(preset.metrics)
+    else:
+        metrics = ["pearson", "spearman"] if label_names is None else ["accuracy"]
+    return TaskData(train=train, validation=validation, label_names=label_names, metrics=metrics)
+
+
+def majority_baseline(data: TaskData) -> dict[str, float | str]:
+    """The dev accuracy of always predicting the train split's most frequent class."""
+    if data.is_regression:
+        return {}
+    counts = Counter(data.train["label"])
+    majority = counts.most_common(1)[0][0]
+    dev = data.validation["label"]
+    assert data.label_names is not None, "classification has label names"
+    return {"label": data.label_names[majority], "accuracy": sum(1 for y in dev if y == majority) / len(dev)}
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """Tokenise ``text`` (and ``text_pair``) without padding; padding happens per batch in the collator.
+
+    Returns a dataset with ``input_ids``, ``attention_mask``, ``token_type_ids`` (if the tokenizer makes
+    them) and ``labels``.
+    """
+    has_pair = "text_pair" in dataset.column_names
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(batch["text"], batch["text_pair"] if has_pair else None, truncation=True, max_length=max_length)
+        encoded["labels"] = batch["label"]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenising", load_from_cache_file=False)

@@ -1,0 +1,305 @@
+"""Stage order, input fingerprints, skip/resume logic and the run manifest.
+
+A stage whose fingerprint (its config section plus its upstream stages' fingerprints) matches a completed
+entry in ``manifest.json``, and whose outputs exist, is skipped. A stage that was interrupted resumes from its
+checkpoints when rerun with the same inputs; one whose inputs changed starts again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+
+from distill.config import Config, dump_config
+from distill.data import TaskData, load_task_data
+from distill.errors import DistillError, StageError
+from distill.files import read_json, write_json, write_text
+
+STAGES = ("teacher", "train", "export", "bench", "report")
+"""Every stage, in order; ``train`` covers one manifest entry per student (``student:NAME``)."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@dataclass
+class Run:
+    """One run directory and the config it runs; holds the manifest and the lazily loaded data."""
+
+    config: Config
+    run_dir: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def data(self) -> TaskData:
+        return load_task_data(self.config.data, self.config.task, self.config.seed)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def save_manifest(self) -> None:
+        write_json(self.manifest_path, self.manifest)
+
+    # fingerprints: each stage's own config section plus its upstream fingerprints
+    def teacher_fingerprint(self) -> str:
+        c = self.config
+        return fingerprint("teacher", c.task, c.seed, c.data.model_dump(mode="json"), c.teacher.model_dump(mode="json"))
+
+    def student_fingerprint(self, name: str) -> str:
+        student = next(s for s in self.config.students if s.name == name)
+        return fingerprint("student", self.teacher_fingerprint(), student.model_dump(mode="json"))
+
+    def export_fingerprint(self) -> str:
+        students = [self.student_fingerprint(s.name) for s in self.config.students]
+        return fingerprint("export", self.teacher_fingerprint(), students, self.config.export.model_dump(mode="json"))
+
+    def bench_fingerprint(self) -> str:
+        return fingerprint("bench", self.export_fingerprint(), self.config.bench.model_dump(mode="json"))
+
+    def report_fingerprint(self) -> str:
+        return fingerprint("report", self.bench_fingerprint())
+
+
+def open_run(config: Config, run_dir: Path) -> Run:
+    """Open (or create) ``run_dir`` for ``config``: checks the data first, so bad input writes nothing."""
+    run = Run(config=config, run_dir=run_dir)
+    run.data  # noqa: B018 - load and validate the data before anything is written
+    from distill.teacher import resolve_source
+
+    resolve_source(config.teacher.source)
+    if run.manifest_path.is_file():
+        run.manifest = read_json(run.manifest_path)
+    else:
+        run.manifest = {"created": _now(), "stages": {}}
+    return run
+
+
+def _environment() -> dict[str, Any]:
+    from distill.bench import host_info, library_versions
+
+    return {"versions": library_versions(), "host": host_info(), "git_sha": _git_sha()}
+
+
+def _run_stage(run: Run, key: str, digest: str, outputs: list[Path], work: Callable[[], Any],
+               clear: Path | None = None) -> bool:
+    """Run ``work`` unless the stage is complete with the same fingerprint; returns whether it ran.
+
+    ``clear`` is a directory holding this stage's partial outputs; it is wiped when the inputs changed,
+    and kept (for resumption) when an interrupted stage is rerun with the same inputs.
+    """
+    entry = run.manifest["stages"].get(key)
+    if entry and entry.get("fingerprint") == digest and entry.get("status") == "complete" and all(p.exists() for p in outputs):
+        click.echo(f"[{key}] complete, inputs unchanged: skipped")
+        return False
+    if entry and entry.get("fingerprint") != digest:
+        click.echo(f"[{key}] inputs changed since the last run: recomputing (previous outputs replaced)")
+        if clear is not None and clear.exists():
+            shutil.rmtree(clear)
+    elif entry and entry.get("status") != "complete":
+        click.echo(f"[{key}] resuming an interrupted run")
+    started = time.time()
+    run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "started": _now()}
+    run.save_manifest()
+    try:
+        summary = work()
+    except BaseException as err:
+        run.manifest["stages"][key].update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        run.save_manifest()
+        raise
+    run.manifest["stages"][key] = {
+        "status": "complete", "fingerprint": digest, "started": run.manifest["stages"][key]["started"],
+        "finished": _now(), "seconds": round(time.time() - started, 1), "environment": _environment(),
+        "summary": summary,
+    }
+    run.save_manifest()
+    return True
+
+
+def _require(run: Run, key: str, digest: str, command: str) -> None:
+    """Refuse to run a stage whose upstream stage is missing or was completed with other inputs."""
+    entry = run.manifest["stages"].get(key)
+    if not entry or entry.get("status") != "complete":
+        raise StageError(f"stage {key} has not completed in {run.run_dir}; run `distill {command}` (or `distill run`) first")
+    if entry.get("fingerprint") != digest:
+        raise StageError(
+            f"stage {key} in {run.run_dir} was completed with a different config; rerun `distill {command}` "
+            "(or `distill run`) with this config first"
+        )
+
+
+def stage_teacher(run: Run) -> None:
+    """Load, fine-tune when needed, evaluate and gate the teacher into ``RUN/teacher``."""
+    from distill.teacher import run_teacher_stage
+
+    teacher_dir = run.run_dir / "teacher"
+
+    def work() -> dict[str, Any]:
+        record = run_teacher_stage(run.config, run.data, teacher_dir)
+        click.echo(f"[teacher] dev {record['main_metric']} {record['metrics'][record['main_metric']]:.4f} "
+                   f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f})")
+        return {"metrics": record["metrics"], "finetuned_here": record["finetuned_here"]}
+
+    _run_stage(run, "teacher", run.teacher_fingerprint(), [teacher_dir / "eval.json"], work, clear=teacher_dir)
+
+
+def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
+    """Distil every configured student (or only ``names``) into ``RUN/students/NAME``."""
+    from distill.students import run_student_stage
+
+    _require(run, "teacher", run.teacher_fingerprint(), "teacher")
+    wanted = set(names) if names else None
+    for student in run.config.students:
+        if wanted is not None and student.name not in wanted:
+            continue
+        student_dir = run.run_dir / "students" / student.name
+
+        def work(student=student, student_dir=student_dir) -> dict[str, Any]:
+            record = run_student_stage(run.config, student, run.data, run.run_dir / "teacher", student_dir)
+            click.echo(f"[student:{student.name}] dev {record['main_metric']} "
+                       f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
+                       f"{record['agreement_with_teacher']:.4f}")
+            return {"metrics": record["metrics"], "agreement_with_teacher": record["agreement_with_teacher"]}
+
+        _run_stage(run, f"student:{student.name}", run.student_fingerprint(student.name),
+                   [student_dir / "eval.json"], work, clear=student_dir)
+
+
+def _model_names(run: Run) -> list[str]:
+    return ["teacher", *(s.name for s in run.config.students)]
+
+
+def _model_dir(run: Run, name: str) -> Path:
+    return run.run_dir / "teacher" if name == "teacher" else run.run_dir / "students" / name
+
+
+def stage_export(run: Run) -> None:
+    """Export the teacher and every student to ``RUN/onnx/NAME`` and check them against PyTorch."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from distill.data import tokenize
+    from distill.export import export_onnx
+
+    for student in run.config.students:
+        _require(run, f"student:{student.name}", run.student_fingerprint(student.name), "train")
+    outputs = [run.run_dir / "onnx" / name / "fidelity.json" for name in _model_names(run)]
+
+    def work() -> dict[str, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
+        validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
+        teacher_logits = np.load(run.run_dir / "teacher" / "dev_logits.npy")
+        summary = {}
+        for name in _model_names(run):
+            fidelity = export_onnx(_model_dir(run, name), run.run_dir / "onnx" / name, run.config.export, validation,
+                                   teacher_logits)
+            summary[name] = {k: fidelity.get(k) for k in ("max_abs_diff", "agreement_with_pytorch") if k in fidelity}
+            click.echo(f"[export] {name}: {summary[name]}")
+        return summary
+
+    _run_stage(run, "export", run.export_fingerprint(), outputs, work)
+
+
+def stage_bench(run: Run) -> None:
+    """Benchmark every artifact (PyTorch and ONNX Runtime) into ``RUN/bench/results.json``."""
+    from transformers import AutoTokenizer
+
+    from distill.bench import Artifact, benchmark_artifacts
+    from distill.data import tokenize
+
+    _require(run, "export", run.export_fingerprint(), "export")
+    results = run.run_dir / "bench" / "results.json"
+
+    def work() -> dict[str, Any]:
+        artifacts = []
+        for name in _model_names(run):
+            role = "teacher" if name == "teacher" else "student"
+            artifacts.append(Artifact(name, "pytorch", "fp32", _model_dir(run, name), role))
+            artifacts.append(Artifact(name, "onnxruntime", "fp32", run.run_dir / "onnx" / name / "model.onnx", role))
+        tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
+        validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
+        benchmark_artifacts(artifacts, validation, run.data.metrics, "teacher", run.config.bench, results,
+                            is_regression=run.data.is_regression)
+        return {"results": str(results.relative_to(run.run_dir))}
+
+    _run_stage(run, "bench", run.bench_fingerprint(), [results], work)
+
+
+def stage_report(run: Run) -> None:
+    """Write ``RUN/report.md`` and the plots from the benchmark results."""
+    from distill.report import write_report
+
+    _require(run, "bench", run.bench_fingerprint(), "bench")
+    report = run.run_dir / "report.md"
+
+    def work() -> dict[str, Any]:
+        path = write_report(run.run_dir)
+        click.echo(f"[report] {path}")
+        return {"report": str(path.relative_to(run.run_dir))}
+
+    _run_stage(run, "report", run.report_fingerprint(), [report], work)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
+    "teacher": stage_teacher,
+    "train": stage_train,
+    "export": stage_export,
+    "bench": stage_bench,
+    "report": stage_report,
+}
+
+
+def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) -> Run:
+    """Run ``stages`` in order in ``run_dir``, skipping completed ones; the entry point of ``distill run``.
+
+    A run directory created by this call is removed again if it fails before any stage completes, so bad
+    input leaves nothing behind.
+    """
+    created = not run_dir.exists()
+    try:
+        run = open_run(config, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(config))
+        run.save_manifest()
+        for stage in stages:
+            STAGE_FUNCTIONS[stage](run)
+    except DistillError:
+        if created and run_dir.exists() and not _any_complete(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run
+
+
+def _any_complete(run_dir: Path) -> bool:
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return False
+    return any(entry.get("status") == "complete" for entry in read_json(manifest).get("stages", {}).values())

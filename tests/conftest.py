@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random BERT classifiers with a tiny WordPiece vocabulary, and tiny SST-2/RTE-like files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
+
+WORDS = (
+    "good great fine nice love best fun happy charming moving bad awful boring dull worst hate sad ugly poor weak "
+    "the a an it is was movie film story plot actor this that and but not very really so too of to in".split()
+)
+POSITIVE = WORDS[:10]
+NEGATIVE = WORDS[10:20]
+
+
+def make_tokenizer(directory: Path):
+    """A BertTokenizerFast over a few dozen whole words, saved in ``directory``."""
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_tiny_bert(directory: Path, num_labels: int = 2, num_layers: int = 4, with_head: bool = True, seed: int = 0):
+    """Save a random BERT (hidden 32, 4 heads) with a classification head, or a bare encoder when ``with_head`` is False."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(directory)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+    )
+    model = BertForSequenceClassification(config) if with_head else BertModel(config)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A saved tiny random BERT classifier (2 labels, 4 layers) with its tokenizer."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A saved tiny random BERT encoder without a classification head (like the bundled teacher)."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_encoder"), with_head=False)
+
+
+def write_sst2_like(path: Path, rows: int, seed: int = 0) -> Path:
+    """A GLUE-format TSV (``sentence\\tlabel``) whose label is learnable from the words."""
+    import random
+
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel"]
+    for _ in range(rows):
+        label = rng.randint(0, 1)
+        pool = POSITIVE if label else NEGATIVE
+        words = [rng.choice(pool) for _ in range(rng.randint(1, 3))] + rng.sample(WORDS[20:], rng.randint(2, 6))
+        rng.shuffle(words)
+        lines.append(" ".join(words) + " \t" + str(label))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sst2_like(tmp_path) -> tuple[Path, Path]:
+    """Tiny train/dev TSVs in SST-2's format."""
+    return write_sst2_like(tmp_path / "data" / "train.tsv", 96, seed=1), write_sst2_like(tmp_path / "data" / "dev.tsv", 32, seed=2)
