@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.config import BenchConfig
 from distill.errors import ConfigError, StageError
@@ -52,6 +52,12 @@ class Artifact:
     precision: str
     path: Path
     role: Literal["teacher", "student"]
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.runtime not in ("pytorch", "onnxruntime") or self.role not in ("teacher", "student"):
+            raise ValueError(f"artifact {self.name}: runtime must be pytorch or onnxruntime and role teacher or "
+                             f"student, got runtime={self.runtime!r}, role={self.role!r}")
 
 
 def available_cores() -> int:
@@ -118,15 +124,28 @@ def _check_artifacts(artifacts: list[Artifact], teacher_name: str, cfg: BenchCon
 
 
 def onnx_parameter_count(path: Path) -> int:
-    """Number of floating-point weights stored in an ONNX graph's initializers."""
+    """Parameters of the model an ONNX file was exported from.
+
+    Built on the meta device from the bundle's ``config.json`` (no weights are read), so the count equals the
+    PyTorch source's; the exporter de-duplicates equal initializers, which would make a graph count too low.
+    Without a config, falls back to the number of floating-point initializer values in the graph.
+    """
+    if (path.parent / "config.json").is_file():
+        config = AutoConfig.from_pretrained(path.parent)
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+        return sum(parameter.numel() for parameter in model.parameters())
     graph = onnx.load(str(path), load_external_data=False).graph
-    return int(sum(np.prod(tensor.dims, dtype=np.int64) for tensor in graph.initializer if tensor.data_type in FLOAT_TYPES))
+    weights = [tensor for tensor in graph.initializer if tensor.data_type in FLOAT_TYPES]
+    return int(sum(np.prod(tensor.dims, dtype=np.int64) for tensor in weights))
 
 
 Runner = Callable[[dict[str, np.ndarray]], object]
 
 
-def _load(artifact: Artifact, validation: datasets.Dataset, threads: int) -> tuple[Runner, np.ndarray, int, int, list[str]]:
+def _load(
+    artifact: Artifact, validation: datasets.Dataset, threads: int
+) -> tuple[Runner, np.ndarray, int, int, list[str]]:
     """``(run one batch, dev logits (n, num_labels), size in bytes, parameters, input names)`` of an artifact."""
     columns = [name for name in MODEL_INPUTS if name in validation.column_names]
     if artifact.runtime == "onnxruntime":

@@ -99,7 +99,11 @@ def _pytorch_logits(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> 
 def check_shapes(model: PreTrainedModel, session: Any, names: list[str], cfg: ExportConfig) -> list[dict[str, Any]]:
     """Max |PyTorch - ONNX| logit difference at every ``cfg.check_shapes`` (batch, seq); raises past ``cfg.atol``."""
     checks = []
+    limit = getattr(model.config, "max_position_embeddings", None)
     for index, (batch, seq) in enumerate(cfg.check_shapes):
+        if limit is not None and seq > limit:
+            raise ExportError(f"export.check_shapes asks for seq {seq} but the model takes at most {limit} tokens; "
+                              "use shorter check shapes")
         inputs = random_inputs(model, names, batch, seq, seed=index + 1)
         encodings = [{name: tensor[row].tolist() for name, tensor in inputs.items()} for row in range(batch)]
         diff = float(np.abs(_pytorch_logits(model, inputs) - onnx_logits(session, encodings)).max())
@@ -121,24 +125,24 @@ def op_counts(path: Path) -> dict[str, int]:
 def dev_fidelity(
     pytorch: np.ndarray, onnx_dev: np.ndarray, regression: bool, teacher_logits: np.ndarray | None
 ) -> dict[str, Any]:
-    """Logit difference and prediction agreement on the dev split; all arrays are ``(n, num_labels)``."""
+    """Logit difference and prediction agreement on the dev split; all arrays are ``(n, num_labels)``.
+
+    Prediction flips and agreement are ``None`` for regression, where only the logit difference is meaningful.
+    """
     onnx_predictions = predictions_from_logits(onnx_dev)
     flips = 0 if regression else int((predictions_from_logits(pytorch) != onnx_predictions).sum())
     result: dict[str, Any] = {
-        "examples": int(len(onnx_dev)),
+        "dev_examples": len(onnx_dev),
         "max_abs_diff": float(np.abs(pytorch - onnx_dev).max()) if len(onnx_dev) else 0.0,
         "mean_abs_diff": float(np.abs(pytorch - onnx_dev).mean()) if len(onnx_dev) else 0.0,
         "prediction_flips": None if regression else flips,
         "flip_rate": None if regression else flips / max(len(onnx_dev), 1),
+        "agreement_with_pytorch": None if regression else 1.0 - flips / max(len(onnx_dev), 1),
         "agreement_with_teacher": None,
     }
     if teacher_logits is not None:
-        if teacher_logits.shape != onnx_dev.shape:
-            raise ExportError(
-                f"teacher logits have shape {teacher_logits.shape} but the dev split gives {onnx_dev.shape}; "
-                "pass the teacher's logits on the same validation split"
-            )
-        result["agreement_with_teacher"] = agreement(onnx_predictions, predictions_from_logits(teacher_logits), regression)
+        teacher_predictions = predictions_from_logits(teacher_logits)
+        result["agreement_with_teacher"] = agreement(onnx_predictions, teacher_predictions, regression)
     return result
 
 
@@ -171,6 +175,12 @@ def export_onnx(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     names = input_names(model)
     regression = model.config.num_labels == 1
+    expected_shape = (len(validation), model.config.num_labels)
+    if teacher_logits is not None and teacher_logits.shape != expected_shape:
+        raise ExportError(
+            f"teacher logits have shape {teacher_logits.shape} but the dev split and model need {expected_shape}; "
+            "pass the teacher's logits on the same validation split"
+        )
     with atomic_dir(out_dir) as staging:
         onnx_path = staging / ONNX_FILE
         trace_to_onnx(model, onnx_path, names, cfg.opset)
@@ -188,7 +198,7 @@ def export_onnx(
             )
         if dev["prediction_flips"]:
             raise ExportError(
-                f"{dev['prediction_flips']} of {dev['examples']} dev predictions differ between ONNX and PyTorch; "
+                f"{dev['prediction_flips']} of {dev['dev_examples']} dev predictions differ between ONNX and PyTorch; "
                 "the exported graph cannot be trusted, try another export.opset"
             )
 
@@ -203,7 +213,7 @@ def export_onnx(
             "size_bytes": onnx_path.stat().st_size,
             "atol": cfg.atol,
             "check_shapes": shape_checks,
-            "dev": dev,
+            **dev,
             "op_counts": op_counts(onnx_path),
         }
         write_json(staging / FIDELITY_FILE, fidelity)

@@ -104,7 +104,9 @@ class OnnxClassifier:
         bundle_dir = Path(bundle_dir)
         for name in ("tokenizer.json", "config.json"):
             if not (bundle_dir / name).is_file():
-                raise ExportError(f"bundle {bundle_dir} has no {name}; point at a directory written by `distill export`")
+                raise ExportError(
+                    f"bundle {bundle_dir} has no {name}; point at a directory written by `distill export`"
+                )
         self.session = create_session(bundle_dir / model_file, threads)
         self.batch_size = batch_size
         config = json.loads((bundle_dir / "config.json").read_text(encoding="utf-8"))
@@ -124,6 +126,10 @@ class OnnxClassifier:
                 limit = min(limit, int(declared))
         return limit
 
+    def label(self, class_id: int) -> str:
+        """The name of a class id; ``LABEL_<id>`` (as transformers names them) when config.json has none."""
+        return self.id2label.get(class_id, f"LABEL_{class_id}")
+
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[dict[str, float | str]]:
         """One ``{"label", "score"}`` per text: the arg-max label and its softmax probability.
 
@@ -140,10 +146,10 @@ class OnnxClassifier:
         ]
         logits = onnx_logits(self.session, encodings, self.batch_size)  # (n, num_labels)
         if logits.shape[1] == 1:
-            return [{"label": self.id2label.get(0, "score"), "score": float(value)} for value in logits[:, 0]]
+            return [{"label": self.label(0), "score": float(value)} for value in logits[:, 0]]
         probabilities = _softmax(logits)
         best = probabilities.argmax(axis=-1)
         return [
-            {"label": self.id2label.get(int(k), str(int(k))), "score": float(probabilities[row, k])}
+            {"label": self.label(int(k)), "score": float(probabilities[row, k])}
             for row, k in enumerate(best)
         ]

@@ -178,6 +178,7 @@ def train_model(
         data_seed=seed,
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
     trainer = DistillationTrainer(

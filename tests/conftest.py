@@ -22,13 +22,12 @@ NEGATIVE = WORDS[10:20]
 
 
 def make_tokenizer(directory: Path):
-    """A BertTokenizerFast over a few dozen whole words, saved in ``directory``."""
-    from transformers import BertTokenizerFast
+    """A WordPiece BertTokenizer over a few dozen whole words, saved in ``directory``."""
+    from transformers import BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(directory)
     return tokenizer
 

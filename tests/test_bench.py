@@ -1,0 +1,108 @@
+"""Benchmark: artifact rows, latency rows on a tiny grid, the timing protocol, and its input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from conftest import make_tiny_bert, write_sst2_like
+from transformers import AutoTokenizer
+
+from distill.bench import Artifact, benchmark_artifacts, host_info, library_versions, time_point
+from distill.config import BenchConfig, DataConfig, ExportConfig
+from distill.data import load_task_data, tokenize
+from distill.errors import ConfigError, StageError
+from distill.export import export_onnx
+from distill.files import read_json
+
+GRID = BenchConfig(batch_sizes=[1, 2], seq_lengths=[8, 16], threads=1, warmup=1, iterations=5)
+
+
+@pytest.fixture(scope="module")
+def validation(tiny_bert_dir: Path, tmp_path_factory) -> datasets.Dataset:
+    data_dir = tmp_path_factory.mktemp("bench_data")
+    splits = DataConfig(train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
+                        validation=write_sst2_like(data_dir / "dev.tsv", 20, seed=2))
+    return tokenize(load_task_data(splits, "sst2").validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_bert_dir: Path, validation: datasets.Dataset, tmp_path_factory) -> list[Artifact]:
+    """A student listed before the teacher (the bench must reorder), and the student's ONNX export."""
+    run_dir = tmp_path_factory.mktemp("bench_run")
+    student_dir = make_tiny_bert(run_dir / "students" / "small", num_layers=2, seed=1)
+    export_onnx(student_dir, run_dir / "onnx" / "small", ExportConfig(check_shapes=[(1, 8)]), validation)
+    return [
+        Artifact("small", "pytorch", "fp32", student_dir, "student"),
+        Artifact("teacher", "pytorch", "fp32", tiny_bert_dir, "teacher"),
+        Artifact("small", "onnxruntime", "fp32", run_dir / "onnx" / "small" / "model.onnx", "student"),
+    ]
+
+
+def test_benchmark_rows(artifacts: list[Artifact], validation: datasets.Dataset, tmp_path: Path) -> None:
+    out_path = tmp_path / "bench" / "results.json"
+    results = benchmark_artifacts(artifacts, validation, ["accuracy", "f1"], "teacher", GRID, out_path)
+    assert read_json(out_path) == results
+
+    rows = {(row["name"], row["runtime"]): row for row in results["artifacts"]}
+    assert [row["name"] for row in results["artifacts"]] == ["teacher", "small", "small"]
+    teacher, student, student_onnx = rows["teacher", "pytorch"], rows["small", "pytorch"], rows["small", "onnxruntime"]
+    assert teacher["agreement_with_teacher"] == 1.0
+    assert set(teacher["metrics"]) == {"accuracy", "f1"} and 0.0 <= teacher["metrics"]["accuracy"] <= 1.0
+    assert student_onnx["metrics"] == pytest.approx(student["metrics"])
+    assert student_onnx["agreement_with_teacher"] == pytest.approx(student["agreement_with_teacher"])
+    assert teacher["parameters"] > student["parameters"] == student_onnx["parameters"] > 0
+    assert teacher["size_bytes"] == (artifacts[1].path / "model.safetensors").stat().st_size
+    assert student_onnx["size_bytes"] == artifacts[2].path.stat().st_size
+    assert student_onnx["path"] == str(artifacts[2].path)
+
+    latency = results["latency"]
+    assert len(latency) == 3 * 2 * 2
+    assert {(row["name"], row["runtime"], row["batch"], row["seq"]) for row in latency} == {
+        (name, runtime, batch, seq) for name, runtime in rows for batch in (1, 2) for seq in (8, 16)
+    }
+    for row in latency:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["iterations"] == 5 and row["threads"] == 1 and row["precision"] == "fp32"
+        assert row["throughput_per_s"] == pytest.approx(row["batch"] * 1000.0 / row["mean_ms"])
+    assert results["protocol"]["threads"] == 1 and results["protocol"]["iterations"] == 5
+    assert results["metric_names"] == ["accuracy", "f1"] and results["teacher"] == "teacher"
+    assert results["versions"]["torch"] and results["host"]["logical_cores"] >= 1
+
+
+def test_time_point_respects_budget_but_runs_at_least_five() -> None:
+    calls: list[int] = []
+    feeds = {"input_ids": np.zeros((3, 4), dtype=np.int64)}
+    cfg = BenchConfig(warmup=2, iterations=1000, max_seconds_per_point=1e-9)
+    timing = time_point(lambda batch: calls.append(len(batch["input_ids"])), feeds, cfg)
+    assert timing["iterations"] == 5 and len(calls) == 2 + 5
+    assert timing["p50_ms"] <= timing["p90_ms"] <= timing["p99_ms"]
+    assert time_point(lambda batch: None, feeds, BenchConfig(warmup=0, iterations=3))["iterations"] == 3
+
+
+def test_missing_teacher_and_too_long_sequences(
+    artifacts: list[Artifact], validation: datasets.Dataset, tmp_path: Path
+) -> None:
+    out_path = tmp_path / "results.json"
+    with pytest.raises(StageError, match="no PyTorch artifact named 'bert-base'"):
+        benchmark_artifacts(artifacts, validation, ["accuracy"], "bert-base", GRID, out_path)
+    too_long = GRID.model_copy(update={"seq_lengths": [8, 512]})
+    with pytest.raises(ConfigError, match="bench.seq_lengths has 512 but small takes at most 128 tokens"):
+        benchmark_artifacts(artifacts, validation, ["accuracy"], "teacher", too_long, out_path)
+    missing = [*artifacts, Artifact("gone", "onnxruntime", "fp32", tmp_path / "gone.onnx", "student")]
+    with pytest.raises(StageError, match="artifact gone"):
+        benchmark_artifacts(missing, validation, ["accuracy"], "teacher", GRID, out_path)
+    assert not out_path.exists()
+
+
+def test_host_and_versions() -> None:
+    host = host_info()
+    assert host["cpu"] and host["available_cores"] <= host["logical_cores"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and " avx2 " in cpuinfo.read_text():
+        assert {"avx", "avx2"} <= set(host["cpu_flags"])
+    versions = library_versions()
+    assert {"python", "torch", "transformers", "onnxruntime", "onnx", "numpy"} <= set(versions)
+    assert versions["onnxruntime"].count(".") >= 1

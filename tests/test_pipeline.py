@@ -1,0 +1,115 @@
+"""The run directory contract: stages chain, skip when complete, recompute when inputs change, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import load_config
+from distill.errors import StageError
+from distill.pipeline import run_pipeline
+from tests.conftest import write_sst2_like
+
+
+@pytest.fixture
+def sst2_like(tmp_path) -> tuple[Path, Path]:
+    """Enough rows for the tiny teacher to learn the task in a few seconds."""
+    return write_sst2_like(tmp_path / "data" / "train.tsv", 400, seed=1), write_sst2_like(tmp_path / "data" / "dev.tsv", 64, seed=2)
+
+
+def write_config(tmp_path: Path, teacher_dir: Path, train: Path, dev: Path, **student_training) -> Path:
+    training = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 5, "logging_steps": 5}
+    training.update(student_training)
+    config = {
+        "task": "sst2",
+        "data": {"train": str(train), "validation": str(dev), "max_length": 32},
+        "teacher": {"source": str(teacher_dir), "min_margin": 0.0,
+                    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50}},
+        "students": [{"name": "s2", "num_layers": 2, "training": training}],
+        "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_dir, sst2_like, capsys):
+    config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like)
+    run_dir = tmp_path / "run"
+    run_pipeline(load_config(config_path), run_dir)
+
+    for relative in ("config.yaml", "manifest.json", "teacher/eval.json", "teacher/model.safetensors",
+                     "students/s2/eval.json", "students/s2/distill.json", "students/s2/model.safetensors",
+                     "onnx/teacher/model.onnx", "onnx/s2/model.onnx", "onnx/s2/fidelity.json",
+                     "bench/results.json", "report.md"):
+        assert (run_dir / relative).is_file(), relative
+    assert not (run_dir / "students" / "s2" / "checkpoints").exists(), "checkpoints are removed once the stage completes"
+    stages = manifest(run_dir)["stages"]
+    assert set(stages) == {"teacher", "student:s2", "export", "bench", "report"}
+    assert all(entry["status"] == "complete" for entry in stages.values())
+    assert stages["teacher"]["environment"]["versions"]["torch"]
+    teacher_eval = json.loads((run_dir / "teacher" / "eval.json").read_text())
+    assert teacher_eval["finetuned_here"] is True
+    assert teacher_eval["metrics"]["accuracy"] > teacher_eval["majority_baseline"]["accuracy"]
+    distill_record = json.loads((run_dir / "students" / "s2" / "distill.json").read_text())
+    assert distill_record["layer_map"] == [1, 3]
+    assert any("loss_kd" in row and "loss_cos" in row for row in distill_record["history"])
+
+    capsys.readouterr()
+    finished = {key: entry["finished"] for key, entry in stages.items()}
+    run_pipeline(load_config(config_path), run_dir)
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 5
+    assert {key: entry["finished"] for key, entry in manifest(run_dir)["stages"].items()} == finished
+
+    run_pipeline(load_config(config_path, ["bench.iterations=6"]), run_dir, stages=("teacher", "train", "export", "bench"))
+    after = manifest(run_dir)["stages"]
+    assert after["student:s2"]["finished"] == finished["student:s2"], "an unchanged upstream stage is not rerun"
+    assert after["bench"]["finished"] != finished["bench"], "a changed stage is recomputed"
+    with pytest.raises(StageError, match="different config"):
+        run_pipeline(load_config(config_path), run_dir, stages=("report",))
+
+
+def test_stage_before_its_upstream_is_refused(tmp_path, tiny_encoder_dir, sst2_like):
+    config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like)
+    with pytest.raises(StageError, match="distill teacher"):
+        run_pipeline(load_config(config_path), tmp_path / "run", stages=("train",))
+    assert not (tmp_path / "run").exists(), "a failed first stage leaves no run directory"
+
+
+def test_training_killed_mid_run_resumes_from_checkpoint(tmp_path, tiny_encoder_dir, sst2_like):
+    config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like, epochs=8)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "distill", "run", str(config_path), "--run-dir", str(run_dir)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = run_dir / "students" / "s2" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before a student checkpoint was written"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert manifest(run_dir)["stages"]["student:s2"]["status"] == "running"
+    assert not (run_dir / "students" / "s2" / "eval.json").exists()
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[teacher] complete, inputs unchanged: skipped" in result.stdout
+    assert "[student:s2] resuming an interrupted run" in result.stdout
+    record = json.loads((run_dir / "students" / "s2" / "distill.json").read_text())
+    assert record["resumed_from"] and "checkpoint-" in record["resumed_from"]
+    assert manifest(run_dir)["stages"]["report"]["status"] == "complete"
