@@ -48,7 +48,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> list[str]:
@@ -114,7 +114,7 @@ def test_validate_a_good_config(job, tmp_path):
 def test_validate_the_shipped_quick_config():
     result = CliRunner().invoke(cli, ["validate", str(REPO_ROOT / "configs" / "sst2" / "quick.yaml")])
     assert result.exit_code == 0, result.output
-    assert "valid (1 student(s): distil3)" in result.output
+    assert "quick.yaml: valid (" in result.output
 
 
 def test_validate_lists_every_problem(tmp_path, sst2_like, tiny_bert_dir):
@@ -141,7 +141,7 @@ def test_bad_override_syntax(job, tmp_path):
 
 
 def test_run_with_a_missing_data_file(tmp_path, sst2_like, tiny_bert_dir):
-    train, dev = sst2_like
+    _, dev = sst2_like
     missing = tmp_path / "data" / "no_such_train.tsv"
     job = write_config(tmp_path, missing, dev, tiny_bert_dir)
     run_dir = tmp_path / "run"
@@ -210,18 +210,20 @@ def test_run_directory_created_before_a_teacher_failure_is_removed(job, tmp_path
         main()
     assert info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"error: teacher directory {empty_teacher} has no config.json; "
-                     "point teacher.source at a save_pretrained directory"]
+    assert lines == [
+        f"error: teacher directory {empty_teacher} has no config.json; point teacher.source at a save_pretrained directory"
+    ]
     assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("stage", ["teacher", "train"])
-def test_stage_commands_fail_the_same_way(job, tmp_path, stage):
+def test_stage_commands_fail_the_same_way(job, tmp_path, monkeypatch, stage):
+    monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(cli, [stage, str(job), "--run-dir", str(run_dir), "--set", "data.train=nope.tsv"],
                                 standalone_mode=False)
     assert result.exception is not None and type(result.exception).__name__ == "DataError"
-    assert "nope.tsv does not exist" in str(result.exception)
+    assert f"{tmp_path.resolve() / 'nope.tsv'} does not exist" in str(result.exception)
     assert not run_dir.exists()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from distill.errors import DistillError, StudentError
@@ -28,7 +30,7 @@ def test_uniform_is_strictly_increasing_and_ends_at_the_top(teacher_layers):
     for student_layers in range(1, teacher_layers + 1):
         layers = uniform_layers(teacher_layers, student_layers)
         assert len(layers) == student_layers
-        assert all(a < b for a, b in zip(layers, layers[1:])), layers
+        assert all(a < b for a, b in itertools.pairwise(layers)), layers
         assert layers[-1] == teacher_layers - 1 and layers[0] >= 0
 
 

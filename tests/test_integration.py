@@ -1,0 +1,51 @@
+"""Integration tier: the real CLI end to end on a slice of real SST-2 with the real bundled teacher (minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import GLUE_DIR, REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
+    assert (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), f"GLUE data is expected in {GLUE_DIR} (see shared/data/glue)"
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "distill", "run", str(REPO_ROOT / "configs" / "sst2" / "quick.yaml"),
+        "--run-dir", str(run_dir),
+        "--set", "data.train_limit=1024", "--set", "data.validation_limit=256",
+        "--set", "teacher.training.epochs=1", "--set", "students.0.training.epochs=1",
+        "--set", "bench.batch_sizes=[1, 8]", "--set", "bench.seq_lengths=[32]", "--set", "bench.iterations=5",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1500,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
+    assert teacher["finetuned_here"] is True, "the bundled teacher has no classification head, so distill fine-tunes it"
+    assert teacher["metrics"]["accuracy"] > teacher["majority_baseline"]["accuracy"] + 0.05
+    student = json.loads((run_dir / "students" / "distil3" / "eval.json").read_text())
+    assert 0.0 < student["metrics"]["accuracy"] <= 1.0 and student["parameters"] < student["teacher_parameters"]
+    for name in ("teacher", "distil3"):
+        fidelity = json.loads((run_dir / "onnx" / name / "fidelity.json").read_text())
+        assert fidelity["max_abs_diff"] <= 1e-4
+        assert fidelity["agreement_with_pytorch"] == 1.0
+    results = json.loads((run_dir / "bench" / "results.json").read_text())
+    assert {(row["name"], row["runtime"]) for row in results["artifacts"]} == {
+        ("teacher", "pytorch"), ("teacher", "onnxruntime"), ("distil3", "pytorch"), ("distil3", "onnxruntime")}
+    assert len(results["latency"]) == 4 * 2
+    report = (run_dir / "report.md").read_text()
+    assert report.index("teacher") < report.index("distil3")
+    assert (run_dir / "bench" / "accuracy_vs_latency.png").stat().st_size > 1000
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(entry["status"] == "complete" for entry in manifest["stages"].values())
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 5, rerun.stdout
