@@ -226,6 +226,7 @@ def benchmark_artifacts(
     """
     teacher = _check_artifacts(artifacts, teacher_name, cfg)
     threads = cfg.threads or available_cores()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     labels = np.asarray(validation["labels"])
     token_pool = np.concatenate([np.asarray(ids) for ids in validation["input_ids"]])
     ordered = [teacher] + [artifact for artifact in artifacts if artifact is not teacher]
@@ -258,7 +259,7 @@ def benchmark_artifacts(
         progress.close()
         torch.set_num_threads(previous_threads)
     results = {
-        "host": host_info(),
+        "host": {**host_info(), "load_average_1m_before": load_before},
         "versions": library_versions(),
         "protocol": {**cfg.model_dump(mode="json"), "threads": threads, "threads_requested": cfg.threads},
         "metric_names": list(metric_names),

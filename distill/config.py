@@ -162,10 +162,6 @@ class Config(Strict):
 PATH_KEYS = ("data.train", "data.validation")
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).exists()
-
-
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative data paths and local teacher paths absolute against ``base`` (in place)."""
     for dotted in PATH_KEYS:
@@ -209,6 +205,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> No
                 if not key.isdigit() or int(key) >= len(node):
                     raise ConfigError(f"override {override!r}: {'.'.join(keys[:depth])} has no item {key}")
                 node = node[int(key)]
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {override!r}: {'.'.join(keys[: depth + 1])} is not a section")
             else:
                 node = node.setdefault(key, {})
                 if not isinstance(node, (dict, list)):

@@ -130,6 +130,15 @@ def _label_names(cfg: DataConfig, task: str | None, train_labels: pd.Series) -> 
     return sorted(values.unique())
 
 
+def _class_id(value: str, num_classes: int) -> int | None:
+    """``value`` as a class index when it is a whole number in range (``"1"`` and ``"1.0"`` both give 1)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and 0 <= number < num_classes else None
+
+
 def _encode_labels(labels: pd.Series, label_names: list[str] | None, where: str) -> list[int] | list[float]:
     values = labels.astype(str).str.strip()
     if label_names is None:
@@ -143,8 +152,8 @@ def _encode_labels(labels: pd.Series, label_names: list[str] | None, where: str)
     for row, value in enumerate(values):
         if value in index:
             encoded.append(index[value])
-        elif value.lstrip("-").isdigit() and 0 <= int(value) < len(label_names):
-            encoded.append(int(value))
+        elif (class_id := _class_id(value, len(label_names))) is not None:
+            encoded.append(class_id)
         else:
             raise DataError(
                 f"{where} row {row + 1} has label {value!r}, which is not one of {label_names} nor an index into them; "

@@ -19,7 +19,9 @@ def predictions_from_logits(logits: np.ndarray) -> np.ndarray:
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda pred, gold: float(accuracy_score(gold, pred)),
-    "f1": lambda pred, gold: float(f1_score(gold, pred, average="binary" if len(np.unique(gold)) <= 2 else "macro")),
+    "f1": lambda pred, gold: float(
+        f1_score(gold, pred, average="binary" if set(np.union1d(gold, pred).tolist()) <= {0, 1} else "macro")
+    ),
     "matthews": lambda pred, gold: float(matthews_corrcoef(gold, pred)),
     "pearson": lambda pred, gold: float(pearsonr(pred, gold)[0]),
     "spearman": lambda pred, gold: float(spearmanr(pred, gold)[0]),

@@ -103,6 +103,16 @@ def _header(view: RunView, run_dir: Path) -> list[str]:
     ]
 
 
+def busy_host(view: RunView) -> list[str]:
+    """A warning when other work was loading the CPU as the benchmark started: its latencies are then inflated."""
+    host = view.results.get("host", {})
+    load, cores = host.get("load_average_1m_before"), host.get("available_cores") or host.get("logical_cores")
+    if load is None or not cores or load <= 0.5 * cores:
+        return []
+    return [f"> **Warning:** the 1-minute load average was {load:.2f} on {cores} core(s) when the benchmark started; "
+            "other work competed for the CPU, so latencies are inflated. Rerun `distill bench` on a quiet machine."]
+
+
 def slower_students(view: RunView) -> list[str]:
     """A warning line for every student artifact that is not faster than the teacher's PyTorch at batch 1."""
     warnings = []
@@ -289,7 +299,7 @@ def write_report(run_dir: Path) -> Path:
     view = RunView(read_json(results_path))
     plot_accuracy_vs_latency(view, run_dir / "bench" / SCATTER_FILE)
     plot_latency_bars(view, run_dir / "bench" / BARS_FILE)
-    warnings = slower_students(view)
+    warnings = busy_host(view) + slower_students(view)
     lines = [
         *_header(view, run_dir),
         *([*warnings, ""] if warnings else []),

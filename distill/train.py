@@ -28,7 +28,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distill.config import TrainingConfig
 from distill.files import atomic_dir, read_json, write_json
@@ -125,6 +125,28 @@ class TrainResult:
     resumed_from: str | None
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint that was completely written, removing any newer one that a kill cut short.
+
+    Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one is incomplete.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        (path for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.name.rsplit("-", 1)[-1].isdigit()),
+        key=lambda path: int(path.name.rsplit("-", 1)[-1]),
+        reverse=True,
+    )
+    for path in candidates:
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return str(path)
+    return None
+
+
 def _metrics_fn(metric_names: list[str]):
     def compute(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
@@ -197,7 +219,7 @@ def train_model(
             TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir / "tensorboard"))),
         ],
     )
-    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     trainer.train(resume_from_checkpoint=last_checkpoint)
     if not (best_dir / "best.json").is_file():
         trainer.evaluate()

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import make_tiny_bert, write_sst2_like
+from tests.conftest import make_tiny_bert, write_sst2_like
 from transformers import AutoTokenizer
 
 from distill.bench import Artifact, benchmark_artifacts, host_info, library_versions, time_point

@@ -19,10 +19,7 @@ from click.testing import CliRunner
 from distill.cli import cli
 from distill.errors import ConfigError
 
-try:  # tests/ as a plain folder: pytest registered conftest as a top-level module
-    from conftest import REPO_ROOT
-except ImportError:  # tests/ as a package
-    from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def write_config(directory: Path, train: Path, validation: Path, teacher_dir: Path, **sections) -> Path:

@@ -10,10 +10,7 @@ import yaml
 from distill.config import Config, apply_overrides, config_from_dict, dump_config, load_config
 from distill.errors import ConfigError, DistillError
 
-try:  # tests/ as a plain folder: pytest registered conftest as a top-level module
-    from conftest import REPO_ROOT
-except ImportError:  # tests/ as a package
-    from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def minimal_raw(**extra) -> dict:

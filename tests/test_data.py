@@ -12,10 +12,7 @@ from distill.config import DataConfig
 from distill.data import SUFFIX_FORMATS, TaskData, load_task_data, majority_baseline, read_table, tokenize
 from distill.errors import DataError, DistillError
 
-try:  # tests/ as a plain folder: pytest registered conftest as a top-level module
-    from conftest import WORDS
-except ImportError:  # tests/ as a package
-    from tests.conftest import WORDS
+from tests.conftest import WORDS
 
 RTE_ROWS = [
     ("0", 'He said "hello to the crowd.', "He greeted people.", "entailment"),

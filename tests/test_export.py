@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import write_sst2_like
+from tests.conftest import write_sst2_like
 from transformers import AutoTokenizer
 
 import distill.export

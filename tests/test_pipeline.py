@@ -113,3 +113,18 @@ def test_training_killed_mid_run_resumes_from_checkpoint(tmp_path, tiny_encoder_
     record = json.loads((run_dir / "students" / "s2" / "distill.json").read_text())
     assert record["resumed_from"] and "checkpoint-" in record["resumed_from"]
     assert manifest(run_dir)["stages"]["report"]["status"] == "complete"
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from distill.train import last_complete_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    assert last_complete_checkpoint(checkpoints) is None
+    (checkpoints / "checkpoint-5").mkdir(parents=True)
+    (checkpoints / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    (checkpoints / "checkpoint-10").mkdir()
+    (checkpoints / "checkpoint-10" / "model.safetensors").write_text("partial")
+    (checkpoints / "checkpoint-15").mkdir()
+    (checkpoints / "checkpoint-15" / "trainer_state.json").write_text('{"global_st')
+    assert last_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-5")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-5"]

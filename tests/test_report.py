@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_bert, write_sst2_like
+from tests.conftest import make_tiny_bert, write_sst2_like
 from transformers import AutoTokenizer
 
 from distill.bench import Artifact, benchmark_artifacts, host_info, library_versions

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, WORDS, write_sst2_like
+from tests.conftest import REPO_ROOT, WORDS, write_sst2_like
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.config import DataConfig, ExportConfig
