@@ -74,7 +74,7 @@ def to_markdown(summary: dict) -> str:
         f"# {Path(summary['run_dir']).name}", "",
         f"Command: `{summary['command']}`  ",
         f"Machine: {host['cpu']}, {host['available_cores']} cores, flags {', '.join(host['cpu_flags'])}, "
-        f"load before bench {host.get('load_average_1m_before')}  ",
+        f"other processes' CPU load before bench {host.get('other_cpu_load_before')} cores  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items() if v) + "  ",
         f"Wall time: {summary['wall_seconds'] and round(summary['wall_seconds'])} s; per stage (s): {summary['stage_seconds']}",
         "",

@@ -88,6 +88,28 @@ def host_info() -> dict[str, Any]:
     }
 
 
+def other_cpu_load(seconds: float = 1.0) -> float | None:
+    """Cores' worth of CPU time other processes used over ``seconds`` while this one slept (Linux only).
+
+    Unlike the load average, it does not count this process's own recent work (such as training just before).
+    """
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return None
+
+    def busy_and_total() -> tuple[int, int]:
+        fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields) - idle, sum(fields)
+
+    busy_start, total_start = busy_and_total()
+    time.sleep(seconds)
+    busy_end, total_end = busy_and_total()
+    if total_end == total_start:
+        return 0.0
+    return round((busy_end - busy_start) / (total_end - total_start) * (os.cpu_count() or 1), 2)
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of Python and the libraries whose behaviour shapes the numbers (``None`` when not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
@@ -226,7 +248,7 @@ def benchmark_artifacts(
     """
     teacher = _check_artifacts(artifacts, teacher_name, cfg)
     threads = cfg.threads or available_cores()
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = other_cpu_load()
     labels = np.asarray(validation["labels"])
     token_pool = np.concatenate([np.asarray(ids) for ids in validation["input_ids"]])
     ordered = [teacher] + [artifact for artifact in artifacts if artifact is not teacher]
@@ -259,7 +281,7 @@ def benchmark_artifacts(
         progress.close()
         torch.set_num_threads(previous_threads)
     results = {
-        "host": {**host_info(), "load_average_1m_before": load_before},
+        "host": {**host_info(), "other_cpu_load_before": load_before},
         "versions": library_versions(),
         "protocol": {**cfg.model_dump(mode="json"), "threads": threads, "threads_requested": cfg.threads},
         "metric_names": list(metric_names),

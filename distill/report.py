@@ -106,11 +106,11 @@ def _header(view: RunView, run_dir: Path) -> list[str]:
 def busy_host(view: RunView) -> list[str]:
     """A warning when other work was loading the CPU as the benchmark started: its latencies are then inflated."""
     host = view.results.get("host", {})
-    load, cores = host.get("load_average_1m_before"), host.get("available_cores") or host.get("logical_cores")
-    if load is None or not cores or load <= 0.5 * cores:
+    load, cores = host.get("other_cpu_load_before"), host.get("available_cores") or host.get("logical_cores")
+    if load is None or not cores or load <= 0.25 * cores:
         return []
-    return [f"> **Warning:** the 1-minute load average was {load:.2f} on {cores} core(s) when the benchmark started; "
-            "other work competed for the CPU, so latencies are inflated. Rerun `distill bench` on a quiet machine."]
+    return [f"> **Warning:** other processes were using {load:.2f} of {cores} core(s) when the benchmark started; "
+            "they competed for the CPU, so latencies are inflated. Rerun `distill bench` on a quiet machine."]
 
 
 def slower_students(view: RunView) -> list[str]:
