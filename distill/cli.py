@@ -80,6 +80,27 @@ _stage_command("bench", ("bench",), "Measure latency, size and accuracy of every
 _stage_command("report", ("report",), "Write report.md and the plots from the benchmark results.")
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--pair", "pairs", multiple=True, help="Second text of a sentence pair, once per TEXT.")
+@click.option("--model-file", default=None, help="ONNX file in the bundle (default: the fastest one present).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def predict(bundle: Path, texts: tuple[str, ...], pairs: tuple[str, ...], model_file: str | None,
+            threads: int | None) -> None:
+    """Classify TEXTS with an exported BUNDLE (onnxruntime and tokenizers only; torch is not imported)."""
+    import json
+
+    from distill.errors import ConfigError
+    from distill.runtime import OnnxClassifier
+
+    if pairs and len(pairs) != len(texts):
+        raise ConfigError(f"got {len(texts)} text(s) but {len(pairs)} --pair value(s); give one --pair per text")
+    classifier = OnnxClassifier(bundle, model_file=model_file, threads=threads)
+    for text, result in zip(texts, classifier.predict(list(texts), list(pairs) or None)):
+        click.echo(json.dumps({"text": text, **result}))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1, without a traceback."""
     try:

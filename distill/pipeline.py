@@ -23,7 +23,7 @@ import click
 
 from distill.config import Config, dump_config
 from distill.data import TaskData, load_task_data
-from distill.errors import DistillError, StageError
+from distill.errors import DistillError, GateError, StageError
 from distill.files import read_json, write_json, write_text
 
 STAGES = ("teacher", "train", "export", "bench", "report")
@@ -83,7 +83,8 @@ class Run:
         return fingerprint("export", self.teacher_fingerprint(), students, self.config.export.model_dump(mode="json"))
 
     def bench_fingerprint(self) -> str:
-        return fingerprint("bench", self.export_fingerprint(), self.config.bench.model_dump(mode="json"))
+        measured = self.config.bench.model_dump(mode="json", exclude={"gates"})  # gates judge, they do not measure
+        return fingerprint("bench", self.export_fingerprint(), measured)
 
     def report_fingerprint(self) -> str:
         return fingerprint("report", self.bench_fingerprint())
@@ -202,26 +203,42 @@ def _model_dir(run: Run, name: str) -> Path:
 
 
 def stage_export(run: Run) -> None:
-    """Export the teacher and every student to ``RUN/onnx/NAME`` and check them against PyTorch."""
+    """Export the teacher and every student to ``RUN/onnx/NAME``, check them against PyTorch, then optimise and
+    quantise each bundle within its fidelity budget."""
     import numpy as np
     from transformers import AutoTokenizer
 
     from distill.data import tokenize
+    from distill.evaluate import MODEL_INPUTS
     from distill.export import export_onnx
+    from distill.optimize import optimize_bundle
 
     for student in run.config.students:
         _require(run, f"student:{student.name}", run.student_fingerprint(student.name), "train")
     outputs = [run.run_dir / "onnx" / name / "fidelity.json" for name in _model_names(run)]
 
     def work() -> dict[str, Any]:
+        export = run.config.export
         tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
         validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
+        columns = [name for name in MODEL_INPUTS if name in validation.column_names]
+        dev_rows = validation.select_columns(columns).to_list()
+        calibration_rows: list[dict[str, list[int]]] = []
+        if export.int8.enabled and export.int8.mode == "static":
+            sample = run.data.train.shuffle(seed=run.config.seed).select(
+                range(min(export.int8.calibration_examples, len(run.data.train))))
+            calibration_rows = tokenize(sample, tokenizer, run.config.data.max_length).select_columns(columns).to_list()
+        labels = np.asarray(run.data.validation["label"])
         teacher_logits = np.load(run.run_dir / "teacher" / "dev_logits.npy")
         summary = {}
         for name in _model_names(run):
-            fidelity = export_onnx(_model_dir(run, name), run.run_dir / "onnx" / name, run.config.export, validation,
-                                   teacher_logits)
-            summary[name] = {k: fidelity.get(k) for k in ("max_abs_diff", "agreement_with_pytorch") if k in fidelity}
+            bundle = run.run_dir / "onnx" / name
+            fidelity = export_onnx(_model_dir(run, name), bundle, export, validation, teacher_logits)
+            variants = optimize_bundle(bundle, export, dev_rows, labels, run.data.metrics, calibration_rows)
+            summary[name] = {
+                "max_abs_diff": fidelity["max_abs_diff"], "agreement_with_pytorch": fidelity["agreement_with_pytorch"],
+                "optimized_kept": variants["optimized"].get("kept"), "int8_kept": variants["int8"].get("kept"),
+            }
             click.echo(f"[export] {name}: {summary[name]}")
         return summary
 
@@ -234,6 +251,7 @@ def stage_bench(run: Run) -> None:
 
     from distill.bench import Artifact, benchmark_artifacts
     from distill.data import tokenize
+    from distill.optimize import INT8_FILE, OPTIMIZED_FILE
 
     _require(run, "export", run.export_fingerprint(), "export")
     results = run.run_dir / "bench" / "results.json"
@@ -243,7 +261,10 @@ def stage_bench(run: Run) -> None:
         for name in _model_names(run):
             role = "teacher" if name == "teacher" else "student"
             artifacts.append(Artifact(name, "pytorch", "fp32", _model_dir(run, name), role))
-            artifacts.append(Artifact(name, "onnxruntime", "fp32", run.run_dir / "onnx" / name / "model.onnx", role))
+            bundle = run.run_dir / "onnx" / name
+            for file_name, precision in (("model.onnx", "fp32"), (OPTIMIZED_FILE, "fp32-opt"), (INT8_FILE, "int8")):
+                if (bundle / file_name).is_file():
+                    artifacts.append(Artifact(name, "onnxruntime", precision, bundle / file_name, role))
         tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
         validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
         benchmark_artifacts(artifacts, validation, run.data.metrics, "teacher", run.config.bench, results,
@@ -291,11 +312,25 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
         run.save_manifest()
         for stage in stages:
             STAGE_FUNCTIONS[stage](run)
+        if "bench" in stages:
+            check_gates(run)
     except DistillError:
         if created and run_dir.exists() and not _any_complete(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run
+
+
+def check_gates(run: Run) -> None:
+    """Raise :class:`GateError` when a configured ``bench.gates`` threshold fails (results stay on disk)."""
+    from distill.bench import gate_failures
+
+    failures = gate_failures(read_json(run.run_dir / "bench" / "results.json"), run.config.bench.gates)
+    if failures:
+        raise GateError(f"{len(failures)} CI gate(s) failed: " + "; ".join(failures)
+                        + "; see report.md, or relax bench.gates")
+    if any(value is not None for value in run.config.bench.gates.model_dump().values()):
+        click.echo("[gates] every configured gate passed")
 
 
 def _any_complete(run_dir: Path) -> bool:

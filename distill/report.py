@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from distill.bundle import write_model_cards
 from distill.errors import StageError
 from distill.files import read_json, write_text
 
@@ -150,8 +151,8 @@ def _artifact_table(view: RunView) -> list[str]:
     lines = [
         "## Artifacts", "",
         f"| artifact | role | runtime | precision | {view.metric} | retained vs teacher | agreement with teacher "
-        + "| size (MB) | params (M) | size vs teacher |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        + "| size (MB) | params (M) | size vs teacher | padding check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in view.artifacts:
         value = row["metrics"].get(view.metric)
@@ -161,9 +162,58 @@ def _artifact_table(view: RunView) -> list[str]:
             f"| {row['name']} | {row['role']} | {row['runtime']} | {row.get('precision', 'fp32')} | "
             f"{'n/a' if value is None else f'{value:.4f}'} | {_fmt_ratio(retained, '%')} | {agree_text} | "
             f"{row['size_bytes'] / 1e6:.2f} | {row['parameters'] / 1e6:.2f} | "
-            f"{_fmt_ratio(row['size_bytes'] / view.teacher['size_bytes'] if view.teacher['size_bytes'] else None)} |"
+            f"{_fmt_ratio(row['size_bytes'] / view.teacher['size_bytes'] if view.teacher['size_bytes'] else None)} | "
+            f"{_fmt_padding(row.get('padding_check'))} |"
         )
     return [*lines, ""]
+
+
+def _fmt_padding(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "n/a"
+    verdict = "pass" if check["passed"] else f"FAIL ({check['flips']} flips)"
+    return f"{verdict}, max diff {check['max_abs_diff']:.1e}"
+
+
+def _deployment_section(run_dir: Path) -> list[str]:
+    """What graph optimisation and INT8 did to each bundle, against the fp32 ONNX graph, and what was tried."""
+    records = [(path.parent.name, read_json(path)) for path in sorted((run_dir / "onnx").glob("*/fidelity.json"))]
+    records = [(name, record) for name, record in records if "optimized" in record or "int8" in record]
+    if not records:
+        return []
+    lines = [
+        "## Optimisation and INT8", "",
+        "Each variant is compared with its fp32 ONNX graph on the dev split; a variant outside its budget is not shipped.",
+        "", "| export | optimised graph | fused ops | flips vs fp32 | INT8 | INT8 setting | flips vs fp32 | metric drop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, record in records:
+        optimized, int8 = record.get("optimized", {}), record.get("int8", {})
+        fused = ", ".join(f"{op} {count}" for op, count in optimized.get("fused_ops", {}).items()) or "n/a"
+        attempts = int8.get("attempts", [])
+        chosen = next((a for a in attempts if a.get("passed")), None)
+        drop = f"{100 * chosen['metric_drop']:+.2f} pt" if chosen else "n/a"
+        lines.append(
+            f"| {name} | {'kept' if optimized.get('kept') else 'not kept' if optimized.get('enabled') else 'off'} | "
+            f"{fused} | {_fmt_flips(optimized)} | {'kept' if int8.get('kept') else 'not kept' if int8.get('enabled') else 'off'} | "
+            f"{chosen['setting'] if chosen else 'n/a'} | {_fmt_flips(chosen)} | "
+            f"{drop} |"
+        )
+        for reason in (optimized.get("reason"), int8.get("reason")):
+            if reason:
+                notes.append(f"- `{name}`: {reason}.")
+        if len(attempts) > 1:
+            tried = "; ".join(f"{a['setting']}: " + (a["error"] if "error" in a else
+                              f"flips {100 * a['flip_rate']:.2f}%, drop {100 * a['metric_drop']:+.2f} pt") for a in attempts)
+            notes.append(f"- `{name}` INT8 settings tried in order: {tried}.")
+    return [*lines, "", *notes, *([""] if notes else [])]
+
+
+def _fmt_flips(check: dict[str, Any] | None) -> str:
+    if not check or "flip_rate" not in check:
+        return "n/a"
+    return f"{100 * check['flip_rate']:.2f}% (max diff {check['max_abs_diff']:.1e})"
 
 
 def _latency_table(view: RunView) -> list[str]:
@@ -187,6 +237,33 @@ def _latency_table(view: RunView) -> list[str]:
                 f"{point['p50_ms']:.2f} | {point['p90_ms']:.2f} | {point['p99_ms']:.2f} | "
                 f"{point['throughput_per_s']:.1f} | {_fmt_ratio(speedup)} |"
             )
+    return [*lines, ""]
+
+
+def _replay_section(view: RunView) -> list[str]:
+    rows = view.results.get("replay") or []
+    if not rows:
+        return []
+    teacher = {row["batch"]: row["sentences_per_s"] for row in rows
+               if (row["name"], row["runtime"], row["precision"]) == _key(view.teacher)}
+    lines = ["## Dev-set replay", "",
+             "The whole dev split in its own order and lengths, padded per call: what a service would see.", "",
+             "| artifact | runtime | precision | batch | sentences/s | speed-up |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        reference = teacher.get(row["batch"])
+        lines.append(f"| {row['name']} | {row['runtime']} | {row['precision']} | {row['batch']} | "
+                     f"{row['sentences_per_s']:.1f} | {_fmt_ratio(row['sentences_per_s'] / reference if reference else None)} |")
+    return [*lines, ""]
+
+
+def _sweep_section(view: RunView) -> list[str]:
+    rows = view.results.get("thread_sweep") or []
+    if not rows:
+        return []
+    lines = ["## Thread sweep (batch 1)", "", "| artifact | runtime | precision | seq | threads | p50 (ms) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['runtime']} | {r['precision']} | {r['seq']} | {r['threads']} | {r['p50_ms']:.2f} |"
+              for r in rows]
     return [*lines, ""]
 
 
@@ -306,12 +383,16 @@ def write_report(run_dir: Path) -> Path:
         *_teacher_section(run_dir, view),
         *_artifact_table(view),
         *_latency_table(view),
+        *_replay_section(view),
+        *_sweep_section(view),
         *_students_section(run_dir, view),
         *_fidelity_section(run_dir, view),
+        *_deployment_section(run_dir),
         "## Plots", "",
         f"![accuracy vs latency](bench/{SCATTER_FILE})", "",
         f"![p50 latency per artifact](bench/{BARS_FILE})", "",
     ]
     report_path = run_dir / REPORT_FILE
     write_text(report_path, "\n".join(lines))
+    write_model_cards(run_dir, view.results)
     return report_path

@@ -89,6 +89,18 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+PREFERRED_MODEL_FILES = ("model.int8.onnx", "model.opt.onnx", "model.onnx")
+"""A bundle's ONNX files, fastest first; the export stage writes only those that passed their fidelity budget."""
+
+
+def best_model_file(bundle_dir: Path) -> str:
+    """The fastest ONNX file present in a bundle."""
+    for name in PREFERRED_MODEL_FILES:
+        if (bundle_dir / name).is_file():
+            return name
+    raise ExportError(f"bundle {bundle_dir} holds no ONNX model; point at a directory written by `distill export`")
+
+
 class OnnxClassifier:
     """Text classification with an exported bundle: ``OnnxClassifier("run/onnx/distil3").predict(["great film"])``.
 
@@ -99,9 +111,12 @@ class OnnxClassifier:
         batch_size: examples per ``session.run`` call.
     """
 
-    def __init__(self, bundle_dir: Path | str, model_file: str = "model.onnx", threads: int | None = None,
+    def __init__(self, bundle_dir: Path | str, model_file: str | None = None, threads: int | None = None,
                  batch_size: int = 64) -> None:
         bundle_dir = Path(bundle_dir)
+        if not bundle_dir.is_dir():
+            raise ExportError(f"bundle {bundle_dir} does not exist; pass a directory written by `distill export`")
+        model_file = model_file or best_model_file(bundle_dir)
         for name in ("tokenizer.json", "config.json"):
             if not (bundle_dir / name).is_file():
                 raise ExportError(

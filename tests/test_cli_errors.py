@@ -71,7 +71,7 @@ def job(tmp_path, sst2_like, tiny_bert_dir) -> Path:
 
 
 def test_expected_commands_exist():
-    assert {"validate", "run", "teacher", "train", "export", "bench", "report"} <= set(cli.commands)
+    assert {"validate", "run", "teacher", "train", "export", "bench", "report", "predict"} <= set(cli.commands)
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))
@@ -81,6 +81,9 @@ def test_every_command_has_working_help(name):
     assert f"Usage: cli {name}" in result.output
     command = cli.commands[name]
     assert command.help and command.help.split("\n")[0].strip()[:30] in " ".join(result.output.split())
+    if name == "predict":
+        assert "BUNDLE TEXTS" in result.output and "--pair" in result.output
+        return
     if name != "validate":
         assert "--run-dir" in result.output
     assert "--set" in result.output

@@ -38,9 +38,16 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
         assert fidelity["max_abs_diff"] <= 1e-4
         assert fidelity["agreement_with_pytorch"] == 1.0
     results = json.loads((run_dir / "bench" / "results.json").read_text())
-    assert {(row["name"], row["runtime"]) for row in results["artifacts"]} == {
-        ("teacher", "pytorch"), ("teacher", "onnxruntime"), ("distil3", "pytorch"), ("distil3", "onnxruntime")}
-    assert len(results["latency"]) == 4 * 2
+    measured = {(row["name"], row["runtime"], row["precision"]) for row in results["artifacts"]}
+    for name in ("teacher", "distil3"):
+        assert {(name, "pytorch", "fp32"), (name, "onnxruntime", "fp32")} <= measured
+        fidelity = json.loads((run_dir / "onnx" / name / "fidelity.json").read_text())
+        assert fidelity["optimized"]["fused_ops"].get("Attention") == (6 if name == "teacher" else 3)
+        for file_name, precision in (("model.opt.onnx", "fp32-opt"), ("model.int8.onnx", "int8")):
+            assert (run_dir / "onnx" / name / file_name).is_file() == ((name, "onnxruntime", precision) in measured)
+    assert len(results["latency"]) == len(results["artifacts"]) * 2
+    assert all(row["padding_check"]["passed"] for row in results["artifacts"])
+    assert "distil3" in (run_dir / "onnx" / "distil3" / "README.md").read_text()
     report = (run_dir / "report.md").read_text()
     assert report.index("teacher") < report.index("distil3")
     assert (run_dir / "bench" / "accuracy_vs_latency.png").stat().st_size > 1000

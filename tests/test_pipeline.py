@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from distill.config import load_config
-from distill.errors import StageError
+from distill.errors import GateError, StageError
 from distill.pipeline import run_pipeline
 from tests.conftest import write_sst2_like
 
@@ -34,7 +34,7 @@ def write_config(tmp_path: Path, teacher_dir: Path, train: Path, dev: Path, **st
         "teacher": {"source": str(teacher_dir), "min_margin": 0.0,
                     "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50}},
         "students": [{"name": "s2", "num_layers": 2, "training": training}],
-        "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1},
+        "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1, "replay_batch_sizes": [8]},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -52,7 +52,7 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
 
     for relative in ("config.yaml", "manifest.json", "teacher/eval.json", "teacher/model.safetensors",
                      "students/s2/eval.json", "students/s2/distill.json", "students/s2/model.safetensors",
-                     "onnx/teacher/model.onnx", "onnx/s2/model.onnx", "onnx/s2/fidelity.json",
+                     "onnx/teacher/model.onnx", "onnx/s2/model.onnx", "onnx/s2/fidelity.json", "onnx/s2/README.md",
                      "bench/results.json", "report.md"):
         assert (run_dir / relative).is_file(), relative
     assert not (run_dir / "students" / "s2" / "checkpoints").exists(), "checkpoints are removed once the stage completes"
@@ -80,6 +80,11 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     assert after["bench"]["finished"] != finished["bench"], "a changed stage is recomputed"
     with pytest.raises(StageError, match="different config"):
         run_pipeline(load_config(config_path), run_dir, stages=("report",))
+
+    gated = load_config(config_path, ["bench.iterations=6", "bench.gates.min_speedup=1000"])
+    with pytest.raises(GateError, match="min_speedup=1000"):
+        run_pipeline(gated, run_dir, stages=("bench",))
+    assert manifest(run_dir)["stages"]["bench"]["finished"] == after["bench"]["finished"], "gates do not re-measure"
 
 
 def test_stage_before_its_upstream_is_refused(tmp_path, tiny_encoder_dir, sst2_like):

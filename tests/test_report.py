@@ -85,7 +85,7 @@ def test_report_tables_and_plots(tmp_path: Path) -> None:
     artifacts = table_rows(report, "| artifact |")
     assert [(row[0], row[2]) for row in artifacts] == [
         ("teacher", "pytorch"), ("teacher", "onnxruntime"), ("small", "onnxruntime")]
-    assert artifacts[2][4:] == ["0.8800", "95.65%", "95.0%", "50.00", "22.70", "0.11x"]
+    assert artifacts[2][4:] == ["0.8800", "95.65%", "95.0%", "50.00", "22.70", "0.11x", "n/a"]
 
     latency = table_rows(report, "| batch |")
     assert len(latency) == 2 * 2 * 3
