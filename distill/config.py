@@ -221,7 +221,8 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> None:
-    """Apply ``a.b.c=value`` overrides to ``raw`` in place; list items are addressed by index (``students.0.num_layers``).
+    """Apply ``a.b.c=value`` overrides to ``raw`` in place; list items are addressed by index
+    (``students.0.num_layers``).
 
     Paths given on the command line are resolved against ``base`` (the current directory).
     """
@@ -229,8 +230,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> No
         keys, value = _parse_override(override)
         dotted = ".".join(keys)
         if dotted in PATH_KEYS or dotted == "teacher.source":
-            if isinstance(value, str) and (dotted in PATH_KEYS or value.startswith((".", "/", "~"))
-                                           or (base / value).exists()):
+            if isinstance(value, str) and (
+                dotted in PATH_KEYS or value.startswith((".", "/", "~")) or (base / value).exists()
+            ):
                 value = str((base / Path(value).expanduser()).resolve())
         node: Any = raw
         for depth, key in enumerate(keys[:-1]):
@@ -283,7 +285,9 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml")
+        raise ConfigError(
+            f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

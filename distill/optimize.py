@@ -29,11 +29,24 @@ from distill.runtime import create_session, onnx_logits
 
 OPTIMIZED_FILE = "model.opt.onnx"
 INT8_FILE = "model.int8.onnx"
-FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "SkipSimplifiedLayerNormalization")
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "SkipSimplifiedLayerNormalization",
+)
 QUANTIZABLE_OPS = ("MatMul", "Attention", "Gemm")
-INT8_FALLBACKS = ("as configured", "per-channel weights", "first and last layers kept in fp32",
-                  "unoptimised fp32 graph as source")
+INT8_FALLBACKS = (
+    "as configured",
+    "per-channel weights",
+    "first and last layers kept in fp32",
+    "unoptimised fp32 graph as source",
+)
 """The order in which INT8 settings are tried when the fidelity budget is broken."""
 
 
@@ -48,8 +61,9 @@ class Int8Attempt:
     exclude_first_last: bool
 
 
-def fidelity_against(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
-                     metric_names: Sequence[str]) -> dict[str, Any]:
+def fidelity_against(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric_names: Sequence[str]
+) -> dict[str, Any]:
     """How far ``candidate`` logits ``(n, num_labels)`` are from ``reference``: max |diff|, flips, metric change."""
     reference_predictions = predictions_from_logits(reference)
     candidate_predictions = predictions_from_logits(candidate)
@@ -73,8 +87,9 @@ def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int)
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
-        optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=0)
+        optimized = optimize_model(
+            str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
     except Exception as err:  # the optimiser raises many types; all mean "this graph was not optimised"
         raise ExportError(f"ONNX Runtime's optimiser failed on {source} ({err}); set export.optimize: false") from err
     optimized.save_model_to_file(str(target))
@@ -110,15 +125,24 @@ class _CalibrationReader:
     """Feeds calibration examples one at a time to ``quantize_static`` (the graph has dynamic axes)."""
 
     def __init__(self, encodings: Sequence[dict[str, list[int]]], input_names: Sequence[str]) -> None:
-        self.rows = iter([{name: np.asarray([row[name]], dtype=np.int64) for name in input_names if name in row}
-                          for row in encodings])
+        self.rows = iter(
+            [
+                {name: np.asarray([row[name]], dtype=np.int64) for name in input_names if name in row}
+                for row in encodings
+            ]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.rows, None)
 
 
-def quantize_int8(attempt: Int8Attempt, target: Path, settings: Int8Config, num_layers: int,
-                  calibration: Sequence[dict[str, list[int]]]) -> None:
+def quantize_int8(
+    attempt: Int8Attempt,
+    target: Path,
+    settings: Int8Config,
+    num_layers: int,
+    calibration: Sequence[dict[str, list[int]]],
+) -> None:
     """Write an INT8 copy of ``attempt.source`` to ``target`` (shape inference first: fused graphs need it)."""
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
@@ -130,14 +154,24 @@ def quantize_int8(attempt: Int8Attempt, target: Path, settings: Int8Config, num_
             quant_pre_process(str(attempt.source), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         exclude = _excluded_nodes(prepared, num_layers) if attempt.exclude_first_last else []
         op_types = [op for op in QUANTIZABLE_OPS if op not in settings.exclude_op_types]
-        common = dict(per_channel=attempt.per_channel, reduce_range=attempt.reduce_range,
-                      op_types_to_quantize=op_types, nodes_to_exclude=exclude)
+        common = dict(
+            per_channel=attempt.per_channel,
+            reduce_range=attempt.reduce_range,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=exclude,
+        )
         if settings.mode == "dynamic":
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, **common)
         else:
             names = [value.name for value in onnx.load(str(prepared), load_external_data=False).graph.input]
-            quantize_static(str(prepared), str(target), _CalibrationReader(calibration, names),
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **common)
+            quantize_static(
+                str(prepared),
+                str(target),
+                _CalibrationReader(calibration, names),
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                **common,
+            )
 
 
 def _attempts(settings: Int8Config, optimized: Path | None, fp32: Path) -> list[Int8Attempt]:
@@ -152,9 +186,14 @@ def _attempts(settings: Int8Config, optimized: Path | None, fp32: Path) -> list[
     return attempts
 
 
-def optimize_bundle(bundle_dir: Path, cfg: ExportConfig, validation: Sequence[dict[str, list[int]]],
-                    labels: np.ndarray, metric_names: Sequence[str],
-                    calibration: Sequence[dict[str, list[int]]] = ()) -> dict[str, Any]:
+def optimize_bundle(
+    bundle_dir: Path,
+    cfg: ExportConfig,
+    validation: Sequence[dict[str, list[int]]],
+    labels: np.ndarray,
+    metric_names: Sequence[str],
+    calibration: Sequence[dict[str, list[int]]] = (),
+) -> dict[str, Any]:
     """Add ``model.opt.onnx`` and ``model.int8.onnx`` to an exported bundle when they keep within budget.
 
     Args:
@@ -184,8 +223,10 @@ def optimize_bundle(bundle_dir: Path, cfg: ExportConfig, validation: Sequence[di
             optimized_path = target
         else:
             target.unlink()
-            record["optimized"]["reason"] = (f"flip rate {check['flip_rate']:.2%} exceeds export.optimize_max_flip_rate "
-                                             f"{cfg.optimize_max_flip_rate:.2%}; the unoptimised graph is kept")
+            record["optimized"]["reason"] = (
+                f"flip rate {check['flip_rate']:.2%} exceeds export.optimize_max_flip_rate "
+                f"{cfg.optimize_max_flip_rate:.2%}; the unoptimised graph is kept"
+            )
 
     if cfg.int8.enabled:
         target = bundle_dir / INT8_FILE
@@ -193,19 +234,33 @@ def optimize_bundle(bundle_dir: Path, cfg: ExportConfig, validation: Sequence[di
         for attempt in _attempts(cfg.int8, optimized_path, fp32):
             try:
                 quantize_int8(attempt, target, cfg.int8, model_config["num_hidden_layers"], calibration)
-                check = fidelity_against(reference, onnx_logits(create_session(target), validation), labels, metric_names)
+                check = fidelity_against(
+                    reference, onnx_logits(create_session(target), validation), labels, metric_names
+                )
             except Exception as err:  # a failed setting is recorded and the next fallback tried
                 tried.append({"setting": attempt.label, "error": str(err).splitlines()[0] if str(err) else repr(err)})
                 continue
             passed = check["flip_rate"] <= cfg.int8.max_flip_rate and check["metric_drop"] <= cfg.int8.max_metric_drop
-            tried.append({"setting": attempt.label, "source": attempt.source.name, "per_channel": attempt.per_channel,
-                          "excluded_first_last": attempt.exclude_first_last, "passed": passed, **check})
+            tried.append(
+                {
+                    "setting": attempt.label,
+                    "source": attempt.source.name,
+                    "per_channel": attempt.per_channel,
+                    "excluded_first_last": attempt.exclude_first_last,
+                    "passed": passed,
+                    **check,
+                }
+            )
             if passed:
                 break
         else:
             target.unlink(missing_ok=True)
-        record["int8"].update(mode=cfg.int8.mode, attempts=tried, kept=target.is_file(),
-                              size_bytes=target.stat().st_size if target.is_file() else None)
+        record["int8"].update(
+            mode=cfg.int8.mode,
+            attempts=tried,
+            kept=target.is_file(),
+            size_bytes=target.stat().st_size if target.is_file() else None,
+        )
         if not target.is_file():
             record["int8"]["reason"] = "no INT8 setting kept within the fidelity budget; only fp32 is shipped"
 

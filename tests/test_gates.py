@@ -8,8 +8,14 @@ from distill.config import GateConfig
 
 def results() -> dict:
     def artifact(name, role, runtime, precision, accuracy, size):
-        return {"name": name, "role": role, "runtime": runtime, "precision": precision, "size_bytes": size,
-                "metrics": {"accuracy": accuracy}}
+        return {
+            "name": name,
+            "role": role,
+            "runtime": runtime,
+            "precision": precision,
+            "size_bytes": size,
+            "metrics": {"accuracy": accuracy},
+        }
 
     def point(name, runtime, precision, p50, seq=128):
         return {"name": name, "runtime": runtime, "precision": precision, "batch": 1, "seq": seq, "p50_ms": p50}
@@ -22,8 +28,12 @@ def results() -> dict:
             artifact("s3", "student", "onnxruntime", "fp32", 0.89, 70),
             artifact("s3", "student", "onnxruntime", "int8", 0.88, 25),
         ],
-        "latency": [point("teacher", "pytorch", "fp32", 40.0), point("teacher", "pytorch", "fp32", 10.0, seq=32),
-                    point("s3", "onnxruntime", "fp32", 16.0), point("s3", "onnxruntime", "int8", 8.0)],
+        "latency": [
+            point("teacher", "pytorch", "fp32", 40.0),
+            point("teacher", "pytorch", "fp32", 10.0, seq=32),
+            point("s3", "onnxruntime", "fp32", 16.0),
+            point("s3", "onnxruntime", "int8", 8.0),
+        ],
     }
 
 

@@ -18,14 +18,31 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
     assert (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), f"GLUE data is expected in {GLUE_DIR} (see shared/data/glue)"
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "distill", "run", str(REPO_ROOT / "configs" / "sst2" / "quick.yaml"),
-        "--run-dir", str(run_dir),
-        "--set", "data.train_limit=1024", "--set", "data.validation_limit=256",
-        "--set", "teacher.training.epochs=1", "--set", "students.0.training.epochs=1",
-        "--set", "bench.batch_sizes=[1, 8]", "--set", "bench.seq_lengths=[32]", "--set", "bench.iterations=5",
+        sys.executable,
+        "-m",
+        "distill",
+        "run",
+        str(REPO_ROOT / "configs" / "sst2" / "quick.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "data.train_limit=1024",
+        "--set",
+        "data.validation_limit=256",
+        "--set",
+        "teacher.training.epochs=1",
+        "--set",
+        "students.0.training.epochs=1",
+        "--set",
+        "bench.batch_sizes=[1, 8]",
+        "--set",
+        "bench.seq_lengths=[32]",
+        "--set",
+        "bench.iterations=5",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
@@ -54,5 +71,7 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(entry["status"] == "complete" for entry in manifest["stages"].values())
 
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 5, rerun.stdout

@@ -14,13 +14,13 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from distill.bench import padded_feeds, padding_check
-from distill.config import DataConfig, ExportConfig, Int8Config
-from distill.data import load_task_data, tokenize
+from distill.config import ExportConfig, Int8Config
+from distill.data import tokenize
 from distill.export import export_onnx
 from distill.files import read_json
 from distill.optimize import INT8_FALLBACKS, INT8_FILE, OPTIMIZED_FILE, optimize_bundle
-from distill.runtime import OnnxClassifier, create_session, onnx_logits
-from tests.conftest import REPO_ROOT, write_sst2_like
+from distill.runtime import OnnxClassifier, create_session
+from tests.conftest import REPO_ROOT, tiny_task
 
 EXPORT = ExportConfig(check_shapes=[(1, 16), (4, 24)])
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -30,9 +30,7 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 def exported(tiny_bert_dir: Path, tmp_path_factory):
     """A tiny BERT exported to a bundle, with its tokenised dev rows and labels."""
     data_dir = tmp_path_factory.mktemp("optimize_data")
-    splits = DataConfig(train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
-                        validation=write_sst2_like(data_dir / "dev.tsv", 48, seed=2))
-    data = load_task_data(splits, "sst2")
+    data = tiny_task(data_dir, 48)
     validation = tokenize(data.validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
     bundle = data_dir / "bundle"
     export_onnx(tiny_bert_dir, bundle, EXPORT, validation)
@@ -69,8 +67,13 @@ def test_impossible_int8_budget_tries_every_fallback_then_ships_fp32_only(export
     bundle, rows, labels = exported
     bundle = fresh_copy(bundle, tmp_path)
     # A negative allowed drop cannot be met by any setting (the config itself only accepts drops >= 0).
-    strict = EXPORT.model_copy(update={"int8": Int8Config.model_construct(
-        **{**Int8Config().model_dump(), "max_flip_rate": 0.0, "max_metric_drop": -1.0})})
+    strict = EXPORT.model_copy(
+        update={
+            "int8": Int8Config.model_construct(
+                **{**Int8Config().model_dump(), "max_flip_rate": 0.0, "max_metric_drop": -1.0}
+            )
+        }
+    )
     record = optimize_bundle(bundle, strict, rows, labels, ["accuracy"])
     assert [attempt["setting"] for attempt in record["int8"]["attempts"]] == list(INT8_FALLBACKS)
     assert not record["int8"]["kept"] and not (bundle / INT8_FILE).exists()
@@ -90,8 +93,9 @@ def test_optimisation_outside_budget_keeps_the_unoptimised_graph(exported, tmp_p
 def test_static_int8_calibrates_on_train_rows(exported, tmp_path):
     bundle, rows, labels = exported
     bundle = fresh_copy(bundle, tmp_path)
-    cfg = EXPORT.model_copy(update={"optimize": False, "int8": Int8Config(mode="static", max_flip_rate=1.0,
-                                                                          max_metric_drop=1.0)})
+    cfg = EXPORT.model_copy(
+        update={"optimize": False, "int8": Int8Config(mode="static", max_flip_rate=1.0, max_metric_drop=1.0)}
+    )
     record = optimize_bundle(bundle, cfg, rows, labels, ["accuracy"], calibration=rows[:16])
     assert record["int8"]["kept"], record["int8"]
     assert record["int8"]["attempts"][0]["source"] == "model.onnx"
@@ -102,17 +106,23 @@ def test_static_int8_calibrates_on_train_rows(exported, tmp_path):
 def test_padding_check_passes_for_masked_models_and_catches_mask_bugs(exported):
     bundle, rows, _ = exported
     session = create_session(bundle / "model.onnx", threads=1)
-    run = lambda feeds: session.run(None, feeds)  # noqa: E731
+
+    def run(feeds):
+        return session.run(None, feeds)
+
+    def ignore_mask(feeds):
+        return session.run(None, {**feeds, "attention_mask": np.ones_like(feeds["attention_mask"])})
+
     good = padding_check(run, INPUTS, rows)
     assert good["passed"] and good["within_atol"] and good["max_abs_diff"] < 1e-4
-    ignore_mask = lambda feeds: session.run(None, {**feeds, "attention_mask": np.ones_like(feeds["attention_mask"])})  # noqa: E731
     bad = padding_check(ignore_mask, INPUTS, rows)
     assert bad["max_abs_diff"] > 100 * max(good["max_abs_diff"], 1e-7), "attending to padding moves the logits"
 
 
 def test_padded_feeds_pads_right_with_zero_mask():
-    feeds = padded_feeds([{"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [2, 3]}],
-                         ["input_ids", "attention_mask"])
+    feeds = padded_feeds(
+        [{"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [2, 3]}], ["input_ids", "attention_mask"]
+    )
     assert feeds["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
     assert feeds["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
@@ -137,17 +147,25 @@ def test_predict_runs_without_torch_and_matches_plain_onnxruntime(exported, tmp_
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     session = onnxruntime.InferenceSession(str(bundle / INT8_FILE), providers=["CPUExecutionProvider"])
     id2label = json.loads((bundle / "config.json").read_text()).get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
-    for text, expected in zip(texts, predicted):
+    for text, expected in zip(texts, predicted, strict=True):
         encoding = tokenizer.encode(text)
-        feeds = {"input_ids": np.array([encoding.ids]), "attention_mask": np.array([encoding.attention_mask]),
-                 "token_type_ids": np.array([encoding.type_ids])}
+        feeds = {
+            "input_ids": np.array([encoding.ids]),
+            "attention_mask": np.array([encoding.attention_mask]),
+            "token_type_ids": np.array([encoding.type_ids]),
+        }
         logits = session.run(None, feeds)[0][0]
         assert id2label[str(int(logits.argmax()))] == expected["label"]
     assert OnnxClassifier(bundle).predict(texts) == [{"label": p["label"], "score": p["score"]} for p in predicted]
 
 
 def test_predict_reports_a_missing_bundle_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "distill", "predict", str(tmp_path / "nope"), "hello"],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "distill", "predict", str(tmp_path / "nope"), "hello"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: bundle") and len(result.stderr.strip().splitlines()) == 1
