@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,7 @@ from matplotlib.lines import Line2D
 
 from distill.bundle import write_model_cards
 from distill.errors import StageError
-from distill.files import read_json, write_text
+from distill.files import atomic_write, read_json, write_text
 
 RUNTIME_COLOURS = {"pytorch": "tab:orange", "onnxruntime": "tab:blue"}
 REPORT_FILE = "report.md"
@@ -35,18 +32,9 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to PNG with the Agg backend through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render ``figure`` to PNG with the Agg backend, atomically."""
     FigureCanvasAgg(figure)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
 
 
 class RunView:
