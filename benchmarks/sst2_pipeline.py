@@ -10,7 +10,6 @@ times come from the run's manifest; latency ratios are taken within the single b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,9 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
             "onnx_max_abs_diff": fidelity["max_abs_diff"],
             "onnx_agreement_with_pytorch": fidelity["agreement_with_pytorch"],
             "p50_ms_b1_s128": {"teacher_pytorch": teacher_pt, "student_onnx_fp32": student_onnx},
-            "speedup_onnx_vs_teacher_pytorch_b1_s128": (teacher_pt / student_onnx) if teacher_pt and student_onnx else None,
+            "speedup_onnx_vs_teacher_pytorch_b1_s128": (teacher_pt / student_onnx)
+            if teacher_pt and student_onnx
+            else None,
         }
     return {
         "command": command,
@@ -58,9 +59,13 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
         "stage_seconds": {key: entry.get("seconds") for key, entry in manifest["stages"].items()},
         "host": results["host"],
         "versions": results["versions"],
-        "teacher": {metric: teacher["metrics"][metric], "majority_baseline": teacher["majority_baseline"],
-                    "finetuned_here": teacher["finetuned_here"], "train_examples": teacher["train_examples"],
-                    "dev_examples": teacher["dev_examples"]},
+        "teacher": {
+            metric: teacher["metrics"][metric],
+            "majority_baseline": teacher["majority_baseline"],
+            "finetuned_here": teacher["finetuned_here"],
+            "train_examples": teacher["train_examples"],
+            "dev_examples": teacher["dev_examples"],
+        },
         "students": students,
         "teacher_onnx_max_abs_diff": read_json(run_dir / "onnx" / "teacher" / "fidelity.json")["max_abs_diff"],
         "latency": results["latency"],
@@ -71,12 +76,14 @@ def to_markdown(summary: dict) -> str:
     host = summary["host"]
     teacher = summary["teacher"]
     lines = [
-        f"# {Path(summary['run_dir']).name}", "",
+        f"# {Path(summary['run_dir']).name}",
+        "",
         f"Command: `{summary['command']}`  ",
         f"Machine: {host['cpu']}, {host['available_cores']} cores, flags {', '.join(host['cpu_flags'])}, "
         f"other processes' CPU load before bench {host.get('other_cpu_load_before')} cores  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items() if v) + "  ",
-        f"Wall time: {summary['wall_seconds'] and round(summary['wall_seconds'])} s; per stage (s): {summary['stage_seconds']}",
+        f"Wall time: {summary['wall_seconds'] and round(summary['wall_seconds'])} s; "
+        f"per stage (s): {summary['stage_seconds']}",
         "",
         f"Teacher: dev accuracy {teacher['accuracy']:.4f} on {teacher['dev_examples']} sentences "
         f"(majority baseline {teacher['majority_baseline'].get('accuracy', float('nan')):.4f}; fine-tuned here on "
@@ -91,8 +98,9 @@ def to_markdown(summary: dict) -> str:
         lat = row["p50_ms_b1_s128"]
         speedup = row["speedup_onnx_vs_teacher_pytorch_b1_s128"]
         lines.append(
-            f"| {name} | {row['accuracy']:.4f} | {row['retained_vs_teacher']:.2%} | {row['agreement_with_teacher']:.4f} | "
-            f"{row['parameters_vs_teacher']:.2%} | {row['onnx_max_abs_diff']:.2e} | {row['onnx_agreement_with_pytorch']} | "
+            f"| {name} | {row['accuracy']:.4f} | {row['retained_vs_teacher']:.2%} | "
+            f"{row['agreement_with_teacher']:.4f} | {row['parameters_vs_teacher']:.2%} | "
+            f"{row['onnx_max_abs_diff']:.2e} | {row['onnx_agreement_with_pytorch']} | "
             f"{lat['teacher_pytorch']} | {lat['student_onnx_fp32']} | {speedup and f'{speedup:.2f}x'} |"
         )
     return "\n".join(lines) + "\n"

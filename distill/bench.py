@@ -28,8 +28,25 @@ from distill.metrics import agreement, compute_metrics, predictions_from_logits
 from distill.runtime import create_session, onnx_logits
 
 CPU_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-    "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "i8mm", "bf16",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+    "bf16",
 )
 LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "tokenizers", "datasets")
 MIN_TIMED_ITERATIONS = 5
@@ -56,8 +73,10 @@ class Artifact:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if self.runtime not in ("pytorch", "onnxruntime") or self.role not in ("teacher", "student"):
-            raise ValueError(f"artifact {self.name}: runtime must be pytorch or onnxruntime and role teacher or "
-                             f"student, got runtime={self.runtime!r}, role={self.role!r}")
+            raise ValueError(
+                f"artifact {self.name}: runtime must be pytorch or onnxruntime and role teacher or "
+                f"student, got runtime={self.runtime!r}, role={self.role!r}"
+            )
 
 
 def available_cores() -> int:
@@ -132,17 +151,23 @@ def _check_artifacts(artifacts: list[Artifact], teacher_name: str, cfg: BenchCon
     """The teacher's PyTorch artifact; also checks that paths exist and the grid fits every model."""
     for artifact in artifacts:
         if not artifact.path.exists():
-            raise StageError(f"artifact {artifact.name} ({artifact.runtime}) is missing at {artifact.path}; "
-                             "run the stage that produces it first")
+            raise StageError(
+                f"artifact {artifact.name} ({artifact.runtime}) is missing at {artifact.path}; "
+                "run the stage that produces it first"
+            )
         limit = _max_positions(artifact)
         if limit is not None and max(cfg.seq_lengths) > limit:
-            raise ConfigError(f"bench.seq_lengths has {max(cfg.seq_lengths)} but {artifact.name} takes at most "
-                              f"{limit} tokens; lower bench.seq_lengths")
+            raise ConfigError(
+                f"bench.seq_lengths has {max(cfg.seq_lengths)} but {artifact.name} takes at most "
+                f"{limit} tokens; lower bench.seq_lengths"
+            )
     for artifact in artifacts:
         if artifact.name == teacher_name and artifact.runtime == "pytorch":
             return artifact
-    raise StageError(f"no PyTorch artifact named {teacher_name!r} to compare against; include the teacher's "
-                     "PyTorch model in the artifact list")
+    raise StageError(
+        f"no PyTorch artifact named {teacher_name!r} to compare against; include the teacher's "
+        "PyTorch model in the artifact list"
+    )
 
 
 def onnx_parameter_count(path: Path) -> int:
@@ -191,6 +216,125 @@ def _load(
     return run, logits, size, parameters, names
 
 
+def _output_logits(output: object) -> np.ndarray:
+    """Logits from a PyTorch model output or an ONNX Runtime output list."""
+    logits = output.logits if hasattr(output, "logits") else output[0]  # type: ignore[index]
+    return logits.float().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+
+
+def padded_feeds(rows: list[dict[str, list[int]]], names: list[str]) -> dict[str, np.ndarray]:
+    """One batch of tokenised rows, right-padded with id 0 and attention mask 0 to the longest row."""
+    width = max(len(row["input_ids"]) for row in rows)
+    feeds = {}
+    for name in names:
+        batch = np.zeros((len(rows), width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            values = row.get(name) or ([1] * len(row["input_ids"]) if name == "attention_mask" else [])
+            batch[index, : len(values)] = values
+        feeds[name] = batch
+    return feeds
+
+
+def padding_check(
+    run: Runner, names: list[str], encodings: list[dict[str, list[int]]], count: int = 8, atol: float = 1e-3
+) -> dict[str, Any]:
+    """Does a sentence get the same prediction alone as in a batch padded to much longer sentences?
+
+    Takes the ``count`` shortest dev rows and runs each alone and then beside the ``count`` longest rows.
+    INT8 graphs quantise activations per batch, so their logits may move slightly; only a flipped prediction
+    fails them, while fp32 artifacts must also stay within ``atol``.
+    """
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
+    shortest, longest = [encodings[i] for i in order[:count]], [encodings[i] for i in order[-count:]]
+    alone = np.concatenate([_output_logits(run(padded_feeds([row], names))) for row in shortest])
+    beside = np.stack([_output_logits(run(padded_feeds([row, *longest], names)))[0] for row in shortest])
+    flips = int((predictions_from_logits(alone) != predictions_from_logits(beside)).sum()) if alone.shape[1] > 1 else 0
+    max_diff = float(np.abs(alone - beside).max())
+    return {
+        "sentences": len(shortest),
+        "padded_to": len(longest[-1]["input_ids"]),
+        "max_abs_diff": max_diff,
+        "flips": flips,
+        "within_atol": max_diff <= atol,
+        "passed": flips == 0,
+    }
+
+
+def replay_dev_set(
+    run: Runner, names: list[str], encodings: list[dict[str, list[int]]], batch: int
+) -> dict[str, float]:
+    """Time predicting the whole dev set in its own order and lengths, ``batch`` sentences per call."""
+    started = time.perf_counter()
+    for start in range(0, len(encodings), batch):
+        run(padded_feeds(encodings[start : start + batch], names))
+    seconds = time.perf_counter() - started
+    return {"sentences": len(encodings), "seconds": seconds, "sentences_per_s": len(encodings) / seconds}
+
+
+def _runner_with_threads(artifact: Artifact, run: Runner, threads: int) -> Runner:
+    """``run`` at another intra-op thread count (a new session for ONNX Runtime, a global setting for torch)."""
+    if artifact.runtime == "pytorch":
+        torch.set_num_threads(threads)
+        return run
+    session = create_session(artifact.path, threads)
+    return lambda feeds: session.run(None, feeds)
+
+
+def gate_failures(results: dict[str, Any], gates: Any) -> list[str]:
+    """Every CI gate that a student's deployed artifact fails, as sentences (empty when all pass or none is set).
+
+    The deployed artifact is the student's fastest ONNX file present (the one ``distill predict`` uses); speed-up
+    is against the teacher's PyTorch p50 at batch 1 and the longest benchmarked sequence.
+    """
+    if gates.max_accuracy_drop is None and gates.min_speedup is None and gates.max_size_ratio is None:
+        return []
+    metric = results["metric_names"][0]
+    rows = results["artifacts"]
+    teacher = next(row for row in rows if row["role"] == "teacher" and row["runtime"] == "pytorch")
+    seq = max(row["seq"] for row in results["latency"])
+
+    def p50(row: dict[str, Any]) -> float | None:
+        return next(
+            (
+                point["p50_ms"]
+                for point in results["latency"]
+                if point["batch"] == 1
+                and point["seq"] == seq
+                and (point["name"], point["runtime"], point["precision"])
+                == (row["name"], row["runtime"], row["precision"])
+            ),
+            None,
+        )
+
+    failures = []
+    preference = {"int8": 0, "fp32-opt": 1, "fp32": 2}
+    for name in sorted({row["name"] for row in rows if row["role"] == "student"}):
+        candidates = [row for row in rows if row["name"] == name and row["runtime"] == "onnxruntime"]
+        if not candidates:
+            continue
+        deployed = min(candidates, key=lambda row: preference.get(row["precision"], 9))
+        label = f"student {name} ({deployed['precision']} ONNX)"
+        drop = teacher["metrics"][metric] - deployed["metrics"][metric]
+        if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:
+            failures.append(
+                f"{label} loses {drop:.4f} {metric} against the teacher, "
+                f"more than bench.gates.max_accuracy_drop={gates.max_accuracy_drop}"
+            )
+        mine, reference = p50(deployed), p50(teacher)
+        if gates.min_speedup is not None and mine and reference and reference / mine < gates.min_speedup:
+            failures.append(
+                f"{label} is {reference / mine:.2f}x faster than the teacher at batch 1, seq {seq}, "
+                f"less than bench.gates.min_speedup={gates.min_speedup}"
+            )
+        ratio = deployed["size_bytes"] / teacher["size_bytes"]
+        if gates.max_size_ratio is not None and ratio > gates.max_size_ratio:
+            failures.append(
+                f"{label} is {ratio:.2f}x the teacher's size, "
+                f"more than bench.gates.max_size_ratio={gates.max_size_ratio}"
+            )
+    return failures
+
+
 def latency_inputs(token_pool: np.ndarray, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
     """A ``(batch, seq)`` batch of dev-set tokens with no padding: what a full batch looks like in service."""
     rng = np.random.default_rng(seed)
@@ -219,8 +363,14 @@ def time_point(run: Runner, feeds: dict[str, np.ndarray], cfg: BenchConfig) -> d
     p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
     mean = float(milliseconds.mean())
     batch = next(iter(feeds.values())).shape[0]
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean,
-            "throughput_per_s": batch / (mean / 1000.0), "iterations": len(seconds)}
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": mean,
+        "throughput_per_s": batch / (mean / 1000.0),
+        "iterations": len(seconds),
+    }
 
 
 def benchmark_artifacts(
@@ -250,10 +400,14 @@ def benchmark_artifacts(
     threads = cfg.threads or available_cores()
     load_before = other_cpu_load()
     labels = np.asarray(validation["labels"])
+    encodings = validation.select_columns([c for c in MODEL_INPUTS if c in validation.column_names]).to_list()
     token_pool = np.concatenate([np.asarray(ids) for ids in validation["input_ids"]])
     ordered = [teacher] + [artifact for artifact in artifacts if artifact is not teacher]
     teacher_predictions: np.ndarray | None = None
-    artifact_rows, latency_rows = [], []
+    artifact_rows: list[dict[str, Any]] = []
+    latency_rows: list[dict[str, Any]] = []
+    replay_rows: list[dict[str, Any]] = []
+    sweep_rows: list[dict[str, Any]] = []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     progress = tqdm(total=len(ordered) * len(cfg.batch_sizes) * len(cfg.seq_lengths), desc="benchmarking")
@@ -263,20 +417,42 @@ def benchmark_artifacts(
             predictions = predictions_from_logits(logits)
             if teacher_predictions is None:
                 teacher_predictions = predictions
-            artifact_rows.append({
-                **asdict(artifact), "path": str(artifact.path), "size_bytes": size, "parameters": parameters,
-                "metrics": compute_metrics(metric_names, predictions, labels),
-                "agreement_with_teacher": agreement(predictions, teacher_predictions, is_regression),
-            })
+            artifact_rows.append(
+                {
+                    **asdict(artifact),
+                    "path": str(artifact.path),
+                    "size_bytes": size,
+                    "parameters": parameters,
+                    "metrics": compute_metrics(metric_names, predictions, labels),
+                    "agreement_with_teacher": agreement(predictions, teacher_predictions, is_regression),
+                    "padding_check": padding_check(run, names, encodings),
+                }
+            )
+            identity = {
+                "name": artifact.name,
+                "role": artifact.role,
+                "runtime": artifact.runtime,
+                "precision": artifact.precision,
+            }
             for batch in cfg.batch_sizes:
                 for seq in cfg.seq_lengths:
                     progress.set_postfix_str(f"{artifact.name}/{artifact.runtime} b{batch} s{seq}")
                     feeds = latency_inputs(token_pool, batch, seq, seed=batch * 100_003 + seq)
                     timing = time_point(run, {name: feeds[name] for name in names}, cfg)
-                    latency_rows.append({"name": artifact.name, "role": artifact.role, "runtime": artifact.runtime,
-                                         "precision": artifact.precision, "batch": batch, "seq": seq,
-                                         "threads": threads, **timing})
+                    latency_rows.append({**identity, "batch": batch, "seq": seq, "threads": threads, **timing})
                     progress.update()
+            for batch in cfg.replay_batch_sizes:
+                replay_rows.append(
+                    {**identity, "batch": batch, "threads": threads, **replay_dev_set(run, names, encodings, batch)}
+                )
+            if cfg.thread_sweep:
+                seq = max(cfg.seq_lengths)
+                feeds = latency_inputs(token_pool, 1, seq, seed=seq)
+                for count in range(1, available_cores() + 1):
+                    swept = _runner_with_threads(artifact, run, count)
+                    timing = time_point(swept, {name: feeds[name] for name in names}, cfg)
+                    sweep_rows.append({**identity, "batch": 1, "seq": seq, "threads": count, **timing})
+                torch.set_num_threads(threads)
     finally:
         progress.close()
         torch.set_num_threads(previous_threads)
@@ -289,6 +465,8 @@ def benchmark_artifacts(
         "is_regression": is_regression,
         "artifacts": artifact_rows,
         "latency": latency_rows,
+        "replay": replay_rows,
+        "thread_sweep": sweep_rows,
     }
     write_json(Path(out_path), results)
     return results

@@ -12,10 +12,19 @@ import click
 from distill.errors import DistillError
 
 CONFIG = click.argument("config", type=click.Path(path_type=Path))
-OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                         help="Override a config value, e.g. --set teacher.training.epochs=1 (repeatable).")
-RUN_DIR = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                       help="Run directory (default: runs/<config folder>-<config name>).")
+OVERRIDES = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set teacher.training.epochs=1 (repeatable).",
+)
+RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: runs/<config folder>-<config name>).",
+)
 
 
 def _default_run_dir(config_path: Path) -> Path:
@@ -71,13 +80,38 @@ def _stage_command(name: str, stages: tuple[str, ...], help_text: str) -> Callab
     return command
 
 
-_stage_command("run", ("teacher", "train", "export", "bench", "report"),
-               "Run every stage of CONFIG in order, skipping completed ones and resuming an interrupted one.")
+_stage_command(
+    "run",
+    ("teacher", "train", "export", "bench", "report"),
+    "Run every stage of CONFIG in order, skipping completed ones and resuming an interrupted one.",
+)
 _stage_command("teacher", ("teacher",), "Load, fine-tune if needed, evaluate and gate the teacher.")
 _stage_command("train", ("train",), "Distil every student from the teacher.")
 _stage_command("export", ("export",), "Export teacher and students to ONNX and check them against PyTorch.")
 _stage_command("bench", ("bench",), "Measure latency, size and accuracy of every artifact.")
 _stage_command("report", ("report",), "Write report.md and the plots from the benchmark results.")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--pair", "pairs", multiple=True, help="Second text of a sentence pair, once per TEXT.")
+@click.option("--model-file", default=None, help="ONNX file in the bundle (default: the fastest one present).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def predict(
+    bundle: Path, texts: tuple[str, ...], pairs: tuple[str, ...], model_file: str | None, threads: int | None
+) -> None:
+    """Classify TEXTS with an exported BUNDLE (onnxruntime and tokenizers only; torch is not imported)."""
+    import json
+
+    from distill.errors import ConfigError
+    from distill.runtime import OnnxClassifier
+
+    if pairs and len(pairs) != len(texts):
+        raise ConfigError(f"got {len(texts)} text(s) but {len(pairs)} --pair value(s); give one --pair per text")
+    classifier = OnnxClassifier(bundle, model_file=model_file, threads=threads)
+    for text, result in zip(texts, classifier.predict(list(texts), list(pairs) or None), strict=True):
+        click.echo(json.dumps({"text": text, **result}))
 
 
 def main() -> None:

@@ -106,20 +106,53 @@ class DistilBertStudentConfig(Strict):
 StudentConfig = DistilBertStudentConfig
 
 
+class Int8Config(Strict):
+    """INT8 quantisation of the ONNX graph and its fidelity budget against the fp32 graph.
+
+    When the budget is broken, the fallbacks in ``distill.optimize.INT8_FALLBACKS`` are tried in order.
+    """
+
+    enabled: bool = True
+    mode: Literal["dynamic", "static"] = "dynamic"
+    per_channel: bool = False
+    reduce_range: bool = False
+    exclude_op_types: list[str] = []
+    calibration_examples: PositiveInt = 256
+    max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_metric_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
 class ExportConfig(Strict):
-    """ONNX export and its check against PyTorch."""
+    """ONNX export and its check against PyTorch, then graph optimisation and INT8, each checked for fidelity."""
 
     opset: Annotated[int, Field(ge=14, le=21)] = 17
     atol: PositiveFloat = 1e-4
     check_shapes: list[tuple[PositiveInt, PositiveInt]] = [(1, 16), (4, 64)]
+    optimize: bool = True
+    optimize_max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.002
+    int8: Int8Config = Int8Config()
+
+
+class GateConfig(Strict):
+    """Optional CI gates on every student's deployed artifact (the ONNX file ``distill predict`` uses).
+
+    ``distill bench`` and ``distill run`` exit non-zero when a gate fails, after writing every result.
+    """
+
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_speedup: PositiveFloat | None = None
+    max_size_ratio: PositiveFloat | None = None
 
 
 class BenchConfig(Strict):
-    """Latency protocol: grid, threads, warm-up and timed iterations."""
+    """Latency protocol: grid, threads, warm-up and timed iterations, dev-set replay, gates."""
 
-    batch_sizes: list[PositiveInt] = [1, 32]
-    seq_lengths: list[PositiveInt] = [32, 128]
+    batch_sizes: list[PositiveInt] = [1, 8, 32]
+    seq_lengths: list[PositiveInt] = [16, 64, 128]
     threads: PositiveInt | None = None
+    thread_sweep: bool = False
+    replay_batch_sizes: list[PositiveInt] = [1, 32]
+    gates: GateConfig = GateConfig()
     warmup: NonNegativeInt = 3
     iterations: PositiveInt = 30
     max_seconds_per_point: PositiveFloat = 10.0
@@ -188,7 +221,8 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> None:
-    """Apply ``a.b.c=value`` overrides to ``raw`` in place; list items are addressed by index (``students.0.num_layers``).
+    """Apply ``a.b.c=value`` overrides to ``raw`` in place; list items are addressed by index
+    (``students.0.num_layers``).
 
     Paths given on the command line are resolved against ``base`` (the current directory).
     """
@@ -196,8 +230,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> No
         keys, value = _parse_override(override)
         dotted = ".".join(keys)
         if dotted in PATH_KEYS or dotted == "teacher.source":
-            if isinstance(value, str) and (dotted in PATH_KEYS or value.startswith((".", "/", "~"))
-                                           or (base / value).exists()):
+            if isinstance(value, str) and (
+                dotted in PATH_KEYS or value.startswith((".", "/", "~")) or (base / value).exists()
+            ):
                 value = str((base / Path(value).expanduser()).resolve())
         node: Any = raw
         for depth, key in enumerate(keys[:-1]):
@@ -250,7 +285,9 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml")
+        raise ConfigError(
+            f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

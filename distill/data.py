@@ -72,8 +72,13 @@ def read_table(path: Path, declared_format: str = "auto") -> pd.DataFrame:
     try:
         if fmt in ("tsv", "csv"):
             frame = pd.read_csv(
-                path, sep="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
-                dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8",
+                path,
+                sep="\t" if fmt == "tsv" else ",",
+                quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                encoding="utf-8",
             )
         elif fmt == "jsonl":
             frame = pd.read_json(path, lines=True, dtype=False)
@@ -105,14 +110,17 @@ def _check_columns(frame: pd.DataFrame, columns: Columns, where: str) -> None:
     if missing:
         found = ", ".join(map(str, frame.columns))
         problems = "; ".join(f"{key} {name!r}" for key, name in missing.items())
-        raise DataError(f"{where} has no column for {problems} (its columns are: {found}); set the right column name in the config")
+        raise DataError(
+            f"{where} has no column for {problems} (its columns are: {found}); set the right column name in the config"
+        )
 
 
 def _label_names(cfg: DataConfig, task: str | None, train_labels: pd.Series) -> list[str] | None:
     """Decide the label vocabulary: ``None`` means regression."""
     preset = GLUE_TASKS.get(task) if task else None
-    if cfg.problem_type == "regression" or (cfg.problem_type == "auto" and preset and preset.label_names is None
-                                            and cfg.label_names is None):
+    if cfg.problem_type == "regression" or (
+        cfg.problem_type == "auto" and preset and preset.label_names is None and cfg.label_names is None
+    ):
         return None
     if cfg.label_names is not None:
         return list(cfg.label_names)
@@ -145,7 +153,9 @@ def _encode_labels(labels: pd.Series, label_names: list[str] | None, where: str)
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.isna().any():
             bad = values[numeric.isna()].iloc[0]
-            raise DataError(f"{where} has a non-numeric label {bad!r} in a regression task; fix the file or set data.problem_type")
+            raise DataError(
+                f"{where} has a non-numeric label {bad!r} in a regression task; fix the file or set data.problem_type"
+            )
         return numeric.astype(float).tolist()
     index = {name: i for i, name in enumerate(label_names)}
     encoded: list[int] = []
@@ -175,11 +185,16 @@ def _hub_frames(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str] 
     try:
         dataset = datasets.load_dataset(cfg.hub_dataset, cfg.hub_subset)
     except Exception as err:  # the hub raises many unrelated types; all mean "cannot get it"
-        raise DataError(f"could not load hub dataset {cfg.hub_dataset!r} ({type(err).__name__}); check the name and network, "
-                        "or point data.train and data.validation at local files") from err
+        raise DataError(
+            f"could not load hub dataset {cfg.hub_dataset!r} ({type(err).__name__}); check the name and network, "
+            "or point data.train and data.validation at local files"
+        ) from err
     for split in (cfg.train_split, cfg.validation_split):
         if split not in dataset:
-            raise DataError(f"hub dataset {cfg.hub_dataset!r} has no split {split!r} (it has {list(dataset)}); set data.train_split/validation_split")
+            raise DataError(
+                f"hub dataset {cfg.hub_dataset!r} has no split {split!r} (it has {list(dataset)}); "
+                "set data.train_split/validation_split"
+            )
     names = None
     features = dataset[cfg.train_split].features
     label_feature = features.get(cfg.label_column or "label")
@@ -199,7 +214,10 @@ def load_task_data(cfg: DataConfig, task: str | None, seed: int = 0) -> TaskData
     columns = _resolve_columns(cfg, task)
     if cfg.hub_dataset is not None:
         train_frame, validation_frame, hub_names = _hub_frames(cfg)
-        train_where, validation_where = f"{cfg.hub_dataset}:{cfg.train_split}", f"{cfg.hub_dataset}:{cfg.validation_split}"
+        train_where, validation_where = (
+            f"{cfg.hub_dataset}:{cfg.train_split}",
+            f"{cfg.hub_dataset}:{cfg.validation_split}",
+        )
         if hub_names and cfg.label_names is None:
             cfg = cfg.model_copy(update={"label_names": hub_names})
     else:
@@ -246,8 +264,12 @@ def tokenize(dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.
     has_pair = "text_pair" in dataset.column_names
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = tokenizer(batch["text"], batch["text_pair"] if has_pair else None, truncation=True, max_length=max_length)
+        encoded = tokenizer(
+            batch["text"], batch["text_pair"] if has_pair else None, truncation=True, max_length=max_length
+        )
         encoded["labels"] = batch["label"]
         return encoded
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenising", load_from_cache_file=False)
+    return dataset.map(
+        encode, batched=True, remove_columns=dataset.column_names, desc="tokenising", load_from_cache_file=False
+    )

@@ -27,3 +27,7 @@ class ExportError(DistillError):
 
 class StageError(DistillError):
     """A stage was asked to run before the stages it depends on have completed."""
+
+
+class GateError(DistillError):
+    """A configured CI gate (accuracy drop, speed-up, size) failed; every result was written first."""

@@ -49,8 +49,10 @@ def random_inputs(model: PreTrainedModel, names: list[str], batch: int, seq: int
     inputs = {
         "input_ids": torch.randint(0, model.config.vocab_size, (batch, seq), generator=generator),
         "attention_mask": attention_mask,
-        "token_type_ids": torch.randint(0, max(getattr(model.config, "type_vocab_size", 1), 1), (batch, seq),
-                                        generator=generator) * attention_mask,
+        "token_type_ids": torch.randint(
+            0, max(getattr(model.config, "type_vocab_size", 1), 1), (batch, seq), generator=generator
+        )
+        * attention_mask,
     }
     return {name: inputs[name] for name in names}
 
@@ -80,8 +82,16 @@ def trace_to_onnx(model: PreTrainedModel, path: Path, names: list[str], opset: i
             # are what tell whether the graph is right.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (), str(path), kwargs=example, input_names=names, output_names=["logits"],
-                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+                model,
+                (),
+                str(path),
+                kwargs=example,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
             )
     except Exception as err:  # the exporter raises many types; all mean "this model did not export"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -102,8 +112,10 @@ def check_shapes(model: PreTrainedModel, session: Any, names: list[str], cfg: Ex
     limit = getattr(model.config, "max_position_embeddings", None)
     for index, (batch, seq) in enumerate(cfg.check_shapes):
         if limit is not None and seq > limit:
-            raise ExportError(f"export.check_shapes asks for seq {seq} but the model takes at most {limit} tokens; "
-                              "use shorter check shapes")
+            raise ExportError(
+                f"export.check_shapes asks for seq {seq} but the model takes at most {limit} tokens; "
+                "use shorter check shapes"
+            )
         inputs = random_inputs(model, names, batch, seq, seed=index + 1)
         encodings = [{name: tensor[row].tolist() for name, tensor in inputs.items()} for row in range(batch)]
         diff = float(np.abs(_pytorch_logits(model, inputs) - onnx_logits(session, encodings)).max())

@@ -27,7 +27,9 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     return F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True) * temperature**2
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Cross-entropy of the student's softened distribution against the teacher's, times ``T**2``.
 
     Equals :func:`kl_divergence` plus the teacher's entropy (a constant for the student). Shapes as there.
@@ -74,7 +76,9 @@ def hidden_cosine(
     return _masked_token_mean(per_token, attention_mask)
 
 
-def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_mse(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean squared error per hidden unit over real tokens. Shapes as in :func:`hidden_cosine`."""
     per_token = (student_hidden - teacher_hidden.detach()).pow(2).mean(dim=-1)  # (batch, seq)
     return _masked_token_mean(per_token, attention_mask)

@@ -23,7 +23,7 @@ import click
 
 from distill.config import Config, dump_config
 from distill.data import TaskData, load_task_data
-from distill.errors import DistillError, StageError
+from distill.errors import DistillError, GateError, StageError
 from distill.files import read_json, write_json, write_text
 
 STAGES = ("teacher", "train", "export", "bench", "report")
@@ -83,7 +83,8 @@ class Run:
         return fingerprint("export", self.teacher_fingerprint(), students, self.config.export.model_dump(mode="json"))
 
     def bench_fingerprint(self) -> str:
-        return fingerprint("bench", self.export_fingerprint(), self.config.bench.model_dump(mode="json"))
+        measured = self.config.bench.model_dump(mode="json", exclude={"gates"})  # gates judge, they do not measure
+        return fingerprint("bench", self.export_fingerprint(), measured)
 
     def report_fingerprint(self) -> str:
         return fingerprint("report", self.bench_fingerprint())
@@ -109,15 +110,21 @@ def _environment() -> dict[str, Any]:
     return {"versions": library_versions(), "host": host_info(), "git_sha": _git_sha()}
 
 
-def _run_stage(run: Run, key: str, digest: str, outputs: list[Path], work: Callable[[], Any],
-               clear: Path | None = None) -> bool:
+def _run_stage(
+    run: Run, key: str, digest: str, outputs: list[Path], work: Callable[[], Any], clear: Path | None = None
+) -> bool:
     """Run ``work`` unless the stage is complete with the same fingerprint; returns whether it ran.
 
     ``clear`` is a directory holding this stage's partial outputs; it is wiped when the inputs changed,
     and kept (for resumption) when an interrupted stage is rerun with the same inputs.
     """
     entry = run.manifest["stages"].get(key)
-    if entry and entry.get("fingerprint") == digest and entry.get("status") == "complete" and all(p.exists() for p in outputs):
+    if (
+        entry
+        and entry.get("fingerprint") == digest
+        and entry.get("status") == "complete"
+        and all(p.exists() for p in outputs)
+    ):
         click.echo(f"[{key}] complete, inputs unchanged: skipped")
         return False
     if entry and entry.get("fingerprint") != digest:
@@ -132,12 +139,18 @@ def _run_stage(run: Run, key: str, digest: str, outputs: list[Path], work: Calla
     try:
         summary = work()
     except BaseException as err:
-        run.manifest["stages"][key].update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        run.manifest["stages"][key].update(
+            status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__
+        )
         run.save_manifest()
         raise
     run.manifest["stages"][key] = {
-        "status": "complete", "fingerprint": digest, "started": run.manifest["stages"][key]["started"],
-        "finished": _now(), "seconds": round(time.time() - started, 1), "environment": _environment(),
+        "status": "complete",
+        "fingerprint": digest,
+        "started": run.manifest["stages"][key]["started"],
+        "finished": _now(),
+        "seconds": round(time.time() - started, 1),
+        "environment": _environment(),
         "summary": summary,
     }
     run.save_manifest()
@@ -148,7 +161,9 @@ def _require(run: Run, key: str, digest: str, command: str) -> None:
     """Refuse to run a stage whose upstream stage is missing or was completed with other inputs."""
     entry = run.manifest["stages"].get(key)
     if not entry or entry.get("status") != "complete":
-        raise StageError(f"stage {key} has not completed in {run.run_dir}; run `distill {command}` (or `distill run`) first")
+        raise StageError(
+            f"stage {key} has not completed in {run.run_dir}; run `distill {command}` (or `distill run`) first"
+        )
     if entry.get("fingerprint") != digest:
         raise StageError(
             f"stage {key} in {run.run_dir} was completed with a different config; rerun `distill {command}` "
@@ -164,8 +179,10 @@ def stage_teacher(run: Run) -> None:
 
     def work() -> dict[str, Any]:
         record = run_teacher_stage(run.config, run.data, teacher_dir)
-        click.echo(f"[teacher] dev {record['main_metric']} {record['metrics'][record['main_metric']]:.4f} "
-                   f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f})")
+        click.echo(
+            f"[teacher] dev {record['main_metric']} {record['metrics'][record['main_metric']]:.4f} "
+            f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f})"
+        )
         return {"metrics": record["metrics"], "finetuned_here": record["finetuned_here"]}
 
     _run_stage(run, "teacher", run.teacher_fingerprint(), [teacher_dir / "eval.json"], work, clear=teacher_dir)
@@ -184,13 +201,21 @@ def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
 
         def work(student=student, student_dir=student_dir) -> dict[str, Any]:
             record = run_student_stage(run.config, student, run.data, run.run_dir / "teacher", student_dir)
-            click.echo(f"[student:{student.name}] dev {record['main_metric']} "
-                       f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
-                       f"{record['agreement_with_teacher']:.4f}")
+            click.echo(
+                f"[student:{student.name}] dev {record['main_metric']} "
+                f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
+                f"{record['agreement_with_teacher']:.4f}"
+            )
             return {"metrics": record["metrics"], "agreement_with_teacher": record["agreement_with_teacher"]}
 
-        _run_stage(run, f"student:{student.name}", run.student_fingerprint(student.name),
-                   [student_dir / "eval.json"], work, clear=student_dir)
+        _run_stage(
+            run,
+            f"student:{student.name}",
+            run.student_fingerprint(student.name),
+            [student_dir / "eval.json"],
+            work,
+            clear=student_dir,
+        )
 
 
 def _model_names(run: Run) -> list[str]:
@@ -202,26 +227,45 @@ def _model_dir(run: Run, name: str) -> Path:
 
 
 def stage_export(run: Run) -> None:
-    """Export the teacher and every student to ``RUN/onnx/NAME`` and check them against PyTorch."""
+    """Export the teacher and every student to ``RUN/onnx/NAME``, check them against PyTorch, then optimise and
+    quantise each bundle within its fidelity budget."""
     import numpy as np
     from transformers import AutoTokenizer
 
     from distill.data import tokenize
+    from distill.evaluate import MODEL_INPUTS
     from distill.export import export_onnx
+    from distill.optimize import optimize_bundle
 
     for student in run.config.students:
         _require(run, f"student:{student.name}", run.student_fingerprint(student.name), "train")
     outputs = [run.run_dir / "onnx" / name / "fidelity.json" for name in _model_names(run)]
 
     def work() -> dict[str, Any]:
+        export = run.config.export
         tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
         validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
+        columns = [name for name in MODEL_INPUTS if name in validation.column_names]
+        dev_rows = validation.select_columns(columns).to_list()
+        calibration_rows: list[dict[str, list[int]]] = []
+        if export.int8.enabled and export.int8.mode == "static":
+            sample = run.data.train.shuffle(seed=run.config.seed).select(
+                range(min(export.int8.calibration_examples, len(run.data.train)))
+            )
+            calibration_rows = tokenize(sample, tokenizer, run.config.data.max_length).select_columns(columns).to_list()
+        labels = np.asarray(run.data.validation["label"])
         teacher_logits = np.load(run.run_dir / "teacher" / "dev_logits.npy")
         summary = {}
         for name in _model_names(run):
-            fidelity = export_onnx(_model_dir(run, name), run.run_dir / "onnx" / name, run.config.export, validation,
-                                   teacher_logits)
-            summary[name] = {k: fidelity.get(k) for k in ("max_abs_diff", "agreement_with_pytorch") if k in fidelity}
+            bundle = run.run_dir / "onnx" / name
+            fidelity = export_onnx(_model_dir(run, name), bundle, export, validation, teacher_logits)
+            variants = optimize_bundle(bundle, export, dev_rows, labels, run.data.metrics, calibration_rows)
+            summary[name] = {
+                "max_abs_diff": fidelity["max_abs_diff"],
+                "agreement_with_pytorch": fidelity["agreement_with_pytorch"],
+                "optimized_kept": variants["optimized"].get("kept"),
+                "int8_kept": variants["int8"].get("kept"),
+            }
             click.echo(f"[export] {name}: {summary[name]}")
         return summary
 
@@ -234,6 +278,7 @@ def stage_bench(run: Run) -> None:
 
     from distill.bench import Artifact, benchmark_artifacts
     from distill.data import tokenize
+    from distill.optimize import INT8_FILE, OPTIMIZED_FILE
 
     _require(run, "export", run.export_fingerprint(), "export")
     results = run.run_dir / "bench" / "results.json"
@@ -243,11 +288,21 @@ def stage_bench(run: Run) -> None:
         for name in _model_names(run):
             role = "teacher" if name == "teacher" else "student"
             artifacts.append(Artifact(name, "pytorch", "fp32", _model_dir(run, name), role))
-            artifacts.append(Artifact(name, "onnxruntime", "fp32", run.run_dir / "onnx" / name / "model.onnx", role))
+            bundle = run.run_dir / "onnx" / name
+            for file_name, precision in (("model.onnx", "fp32"), (OPTIMIZED_FILE, "fp32-opt"), (INT8_FILE, "int8")):
+                if (bundle / file_name).is_file():
+                    artifacts.append(Artifact(name, "onnxruntime", precision, bundle / file_name, role))
         tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")
         validation = tokenize(run.data.validation, tokenizer, run.config.data.max_length)
-        benchmark_artifacts(artifacts, validation, run.data.metrics, "teacher", run.config.bench, results,
-                            is_regression=run.data.is_regression)
+        benchmark_artifacts(
+            artifacts,
+            validation,
+            run.data.metrics,
+            "teacher",
+            run.config.bench,
+            results,
+            is_regression=run.data.is_regression,
+        )
         return {"results": str(results.relative_to(run.run_dir))}
 
     _run_stage(run, "bench", run.bench_fingerprint(), [results], work)
@@ -291,11 +346,26 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
         run.save_manifest()
         for stage in stages:
             STAGE_FUNCTIONS[stage](run)
+        if "bench" in stages:
+            check_gates(run)
     except DistillError:
         if created and run_dir.exists() and not _any_complete(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run
+
+
+def check_gates(run: Run) -> None:
+    """Raise :class:`GateError` when a configured ``bench.gates`` threshold fails (results stay on disk)."""
+    from distill.bench import gate_failures
+
+    failures = gate_failures(read_json(run.run_dir / "bench" / "results.json"), run.config.bench.gates)
+    if failures:
+        raise GateError(
+            f"{len(failures)} CI gate(s) failed: " + "; ".join(failures) + "; see report.md, or relax bench.gates"
+        )
+    if any(value is not None for value in run.config.bench.gates.model_dump().values()):
+        click.echo("[gates] every configured gate passed")
 
 
 def _any_complete(run_dir: Path) -> bool:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from distill.bundle import write_model_cards
 from distill.errors import StageError
-from distill.files import read_json, write_text
+from distill.files import atomic_write, read_json, write_text
 
 RUNTIME_COLOURS = {"pytorch": "tab:orange", "onnxruntime": "tab:blue"}
 REPORT_FILE = "report.md"
@@ -34,18 +32,9 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to PNG with the Agg backend through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render ``figure`` to PNG with the Agg backend, atomically."""
     FigureCanvasAgg(figure)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
 
 
 class RunView:
@@ -92,7 +81,8 @@ def _header(view: RunView, run_dir: Path) -> list[str]:
     flags = ", ".join(host.get("cpu_flags", [])) or "none detected"
     version_text = " · ".join(f"{name} {version}" for name, version in versions.items() if version)
     return [
-        f"# Distillation report: {run_dir.name}", "",
+        f"# Distillation report: {run_dir.name}",
+        "",
         f"**Host:** {host['cpu']}, {host['logical_cores']} logical cores "
         + f"({host.get('available_cores', '?')} available), flags: {flags}; {host['platform']}.  ",
         f"**Versions:** {version_text}.  ",
@@ -109,8 +99,10 @@ def busy_host(view: RunView) -> list[str]:
     load, cores = host.get("other_cpu_load_before"), host.get("available_cores") or host.get("logical_cores")
     if load is None or not cores or load <= 0.25 * cores:
         return []
-    return [f"> **Warning:** other processes were using {load:.2f} of {cores} core(s) when the benchmark started; "
-            "they competed for the CPU, so latencies are inflated. Rerun `distill bench` on a quiet machine."]
+    return [
+        f"> **Warning:** other processes were using {load:.2f} of {cores} core(s) when the benchmark started; "
+        "they competed for the CPU, so latencies are inflated. Rerun `distill bench` on a quiet machine."
+    ]
 
 
 def slower_students(view: RunView) -> list[str]:
@@ -125,8 +117,10 @@ def slower_students(view: RunView) -> list[str]:
             if batch == 1 and mine and teacher and mine["p50_ms"] >= teacher["p50_ms"]:
                 slow.append(f"seq {seq}: {mine['p50_ms']:.2f} ms vs {teacher['p50_ms']:.2f} ms")
         if slow:
-            warnings.append(f"> **Warning:** student `{_label(row)}` is not faster than the teacher's PyTorch model "
-                            f"at batch 1 (p50 at {'; '.join(slow)}); check the thread setting and the student's size.")
+            warnings.append(
+                f"> **Warning:** student `{_label(row)}` is not faster than the teacher's PyTorch model "
+                f"at batch 1 (p50 at {'; '.join(slow)}); check the thread setting and the student's size."
+            )
     return warnings
 
 
@@ -140,18 +134,20 @@ def _teacher_section(run_dir: Path, view: RunView) -> list[str]:
     lines.append(f"`{evaluation.get('source', view.teacher['path'])}`, {tuned}. Dev {metrics}.")
     baseline = evaluation.get("majority_baseline") or {}
     if "accuracy" in baseline:
-        lines.append(f"Majority-class baseline: accuracy {baseline['accuracy']:.4f} "
-                     f"(always `{baseline.get('label', '?')}`).")
+        lines.append(
+            f"Majority-class baseline: accuracy {baseline['accuracy']:.4f} (always `{baseline.get('label', '?')}`)."
+        )
     return [*lines, ""]
 
 
 def _artifact_table(view: RunView) -> list[str]:
     teacher_metric = view.teacher["metrics"].get(view.metric)
     lines = [
-        "## Artifacts", "",
+        "## Artifacts",
+        "",
         f"| artifact | role | runtime | precision | {view.metric} | retained vs teacher | agreement with teacher "
-        + "| size (MB) | params (M) | size vs teacher |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        + "| size (MB) | params (M) | size vs teacher | padding check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in view.artifacts:
         value = row["metrics"].get(view.metric)
@@ -161,14 +157,75 @@ def _artifact_table(view: RunView) -> list[str]:
             f"| {row['name']} | {row['role']} | {row['runtime']} | {row.get('precision', 'fp32')} | "
             f"{'n/a' if value is None else f'{value:.4f}'} | {_fmt_ratio(retained, '%')} | {agree_text} | "
             f"{row['size_bytes'] / 1e6:.2f} | {row['parameters'] / 1e6:.2f} | "
-            f"{_fmt_ratio(row['size_bytes'] / view.teacher['size_bytes'] if view.teacher['size_bytes'] else None)} |"
+            f"{_fmt_ratio(row['size_bytes'] / view.teacher['size_bytes'] if view.teacher['size_bytes'] else None)} | "
+            f"{_fmt_padding(row.get('padding_check'))} |"
         )
     return [*lines, ""]
 
 
+def _fmt_padding(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "n/a"
+    verdict = "pass" if check["passed"] else f"FAIL ({check['flips']} flips)"
+    return f"{verdict}, max diff {check['max_abs_diff']:.1e}"
+
+
+def _deployment_section(run_dir: Path) -> list[str]:
+    """What graph optimisation and INT8 did to each bundle, against the fp32 ONNX graph, and what was tried."""
+    records = [(path.parent.name, read_json(path)) for path in sorted((run_dir / "onnx").glob("*/fidelity.json"))]
+    records = [(name, record) for name, record in records if "optimized" in record or "int8" in record]
+    if not records:
+        return []
+    lines = [
+        "## Optimisation and INT8",
+        "",
+        "Each variant is compared with its fp32 ONNX graph on the dev split; "
+        "a variant outside its budget is not shipped.",
+        "",
+        "| export | optimised graph | fused ops | flips vs fp32 | INT8 | INT8 setting | flips vs fp32 | metric drop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, record in records:
+        optimized, int8 = record.get("optimized", {}), record.get("int8", {})
+        fused = ", ".join(f"{op} {count}" for op, count in optimized.get("fused_ops", {}).items()) or "n/a"
+        attempts = int8.get("attempts", [])
+        chosen = next((a for a in attempts if a.get("passed")), None)
+        drop = f"{100 * chosen['metric_drop']:+.2f} pt" if chosen else "n/a"
+        lines.append(
+            f"| {name} | {'kept' if optimized.get('kept') else 'not kept' if optimized.get('enabled') else 'off'} | "
+            f"{fused} | {_fmt_flips(optimized)} | "
+            f"{'kept' if int8.get('kept') else 'not kept' if int8.get('enabled') else 'off'} | "
+            f"{chosen['setting'] if chosen else 'n/a'} | {_fmt_flips(chosen)} | "
+            f"{drop} |"
+        )
+        for reason in (optimized.get("reason"), int8.get("reason")):
+            if reason:
+                notes.append(f"- `{name}`: {reason}.")
+        if len(attempts) > 1:
+            tried = "; ".join(
+                f"{a['setting']}: "
+                + (
+                    a["error"]
+                    if "error" in a
+                    else f"flips {100 * a['flip_rate']:.2f}%, drop {100 * a['metric_drop']:+.2f} pt"
+                )
+                for a in attempts
+            )
+            notes.append(f"- `{name}` INT8 settings tried in order: {tried}.")
+    return [*lines, "", *notes, *([""] if notes else [])]
+
+
+def _fmt_flips(check: dict[str, Any] | None) -> str:
+    if not check or "flip_rate" not in check:
+        return "n/a"
+    return f"{100 * check['flip_rate']:.2f}% (max diff {check['max_abs_diff']:.1e})"
+
+
 def _latency_table(view: RunView) -> list[str]:
     lines = [
-        "## Latency", "",
+        "## Latency",
+        "",
         "Speed-up is the teacher's PyTorch p50 divided by the artifact's p50 at the same batch and sequence length.",
         "",
         "| batch | seq | artifact | runtime | precision | p50 (ms) | p90 (ms) | p99 (ms) | throughput (seq/s) "
@@ -190,12 +247,59 @@ def _latency_table(view: RunView) -> list[str]:
     return [*lines, ""]
 
 
+def _replay_section(view: RunView) -> list[str]:
+    rows = view.results.get("replay") or []
+    if not rows:
+        return []
+    teacher = {
+        row["batch"]: row["sentences_per_s"]
+        for row in rows
+        if (row["name"], row["runtime"], row["precision"]) == _key(view.teacher)
+    }
+    lines = [
+        "## Dev-set replay",
+        "",
+        "The whole dev split in its own order and lengths, padded per call: what a service would see.",
+        "",
+        "| artifact | runtime | precision | batch | sentences/s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reference = teacher.get(row["batch"])
+        lines.append(
+            f"| {row['name']} | {row['runtime']} | {row['precision']} | {row['batch']} | "
+            f"{row['sentences_per_s']:.1f} | {_fmt_ratio(row['sentences_per_s'] / reference if reference else None)} |"
+        )
+    return [*lines, ""]
+
+
+def _sweep_section(view: RunView) -> list[str]:
+    rows = view.results.get("thread_sweep") or []
+    if not rows:
+        return []
+    lines = [
+        "## Thread sweep (batch 1)",
+        "",
+        "| artifact | runtime | precision | seq | threads | p50 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['name']} | {r['runtime']} | {r['precision']} | {r['seq']} | {r['threads']} | {r['p50_ms']:.2f} |"
+        for r in rows
+    ]
+    return [*lines, ""]
+
+
 def _students_section(run_dir: Path, view: RunView) -> list[str]:
     evaluations = sorted((run_dir / "students").glob("*/eval.json"))
     if not evaluations:
         return []
-    lines = ["## Students at the end of training", "",
-             "| student | metrics | agreement with teacher |", "|---|---|---|"]
+    lines = [
+        "## Students at the end of training",
+        "",
+        "| student | metrics | agreement with teacher |",
+        "|---|---|---|",
+    ]
     for path in evaluations:
         evaluation = read_json(path)
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in evaluation.get("metrics", {}).items())
@@ -209,8 +313,10 @@ def _fidelity_section(run_dir: Path, view: RunView) -> list[str]:
     if not records:
         return []
     lines = [
-        "## ONNX fidelity", "",
-        "Logit differences and prediction flips of each ONNX export against its own PyTorch model.", "",
+        "## ONNX fidelity",
+        "",
+        "Logit differences and prediction flips of each ONNX export against its own PyTorch model.",
+        "",
         "| export | opset | dev max abs diff | flip rate | agreement with teacher "
         + "| check shapes (batch x seq: max diff) | nodes |",
         "|---|---|---|---|---|---|---|",
@@ -241,19 +347,30 @@ def plot_accuracy_vs_latency(view: RunView, path: Path) -> None:
         if latency is None or value is None:
             continue
         x = latency["p50_ms"]
-        axes.scatter(x, value, s=80 + 900 * row["size_bytes"] / largest, alpha=0.6, edgecolors="black",
-                     color=RUNTIME_COLOURS.get(row["runtime"], "tab:gray"),
-                     marker="*" if row["role"] == "teacher" else "o")
+        axes.scatter(
+            x,
+            value,
+            s=80 + 900 * row["size_bytes"] / largest,
+            alpha=0.6,
+            edgecolors="black",
+            color=RUNTIME_COLOURS.get(row["runtime"], "tab:gray"),
+            marker="*" if row["role"] == "teacher" else "o",
+        )
         # Alternate label offsets so that neighbouring points' labels do not overprint.
-        axes.annotate(_label(row), (x, value), textcoords="offset points", xytext=(6, 6 if index % 2 == 0 else -14),
-                      fontsize=8)
+        axes.annotate(
+            _label(row), (x, value), textcoords="offset points", xytext=(6, 6 if index % 2 == 0 else -14), fontsize=8
+        )
         frontier.append((x, value))
     frontier.sort(key=lambda item: (item[0], -item[1]))
     pareto = [item for index, item in enumerate(frontier) if all(item[1] > other[1] for other in frontier[:index])]
-    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=runtime)
-               for runtime, colour in RUNTIME_COLOURS.items() if any(r["runtime"] == runtime for r in view.artifacts)]
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=colour, label=runtime)
+        for runtime, colour in RUNTIME_COLOURS.items()
+        if any(r["runtime"] == runtime for r in view.artifacts)
+    ]
     if len(pareto) > 1:
-        handles += axes.plot(*zip(*pareto), linestyle="--", color="gray", linewidth=1, label="Pareto front")
+        pareto_x, pareto_y = zip(*pareto, strict=True)
+        handles += axes.plot(pareto_x, pareto_y, linestyle="--", color="gray", linewidth=1, label="Pareto front")
     axes.legend(handles=handles, loc="best", fontsize=8)
     latencies = [x for x, _ in frontier]
     if latencies and min(latencies) > 0 and max(latencies) / min(latencies) > 20:
@@ -306,12 +423,19 @@ def write_report(run_dir: Path) -> Path:
         *_teacher_section(run_dir, view),
         *_artifact_table(view),
         *_latency_table(view),
+        *_replay_section(view),
+        *_sweep_section(view),
         *_students_section(run_dir, view),
         *_fidelity_section(run_dir, view),
-        "## Plots", "",
-        f"![accuracy vs latency](bench/{SCATTER_FILE})", "",
-        f"![p50 latency per artifact](bench/{BARS_FILE})", "",
+        *_deployment_section(run_dir),
+        "## Plots",
+        "",
+        f"![accuracy vs latency](bench/{SCATTER_FILE})",
+        "",
+        f"![p50 latency per artifact](bench/{BARS_FILE})",
+        "",
     ]
     report_path = run_dir / REPORT_FILE
     write_text(report_path, "\n".join(lines))
+    write_model_cards(run_dir, view.results)
     return report_path

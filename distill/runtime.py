@@ -20,7 +20,7 @@ NO_LENGTH_LIMIT = 1_000_000
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so that padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def create_session(model_path: Path | str, threads: int | None = None) -> ort.InferenceSession:
@@ -72,9 +72,9 @@ def onnx_logits(
             for name, array in feeds.items():
                 values = encodings[i].get(name)
                 if values is not None:
-                    array[row, :lengths[i]] = values
+                    array[row, : lengths[i]] = values
                 elif name == "attention_mask":
-                    array[row, :lengths[i]] = 1
+                    array[row, : lengths[i]] = 1
         logits = session.run([output], feeds)[0]  # (batch, num_labels)
         if all_logits is None:
             all_logits = np.zeros((len(encodings), logits.shape[1]), np.float32)
@@ -89,6 +89,18 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+PREFERRED_MODEL_FILES = ("model.int8.onnx", "model.opt.onnx", "model.onnx")
+"""A bundle's ONNX files, fastest first; the export stage writes only those that passed their fidelity budget."""
+
+
+def best_model_file(bundle_dir: Path) -> str:
+    """The fastest ONNX file present in a bundle."""
+    for name in PREFERRED_MODEL_FILES:
+        if (bundle_dir / name).is_file():
+            return name
+    raise ExportError(f"bundle {bundle_dir} holds no ONNX model; point at a directory written by `distill export`")
+
+
 class OnnxClassifier:
     """Text classification with an exported bundle: ``OnnxClassifier("run/onnx/distil3").predict(["great film"])``.
 
@@ -99,9 +111,13 @@ class OnnxClassifier:
         batch_size: examples per ``session.run`` call.
     """
 
-    def __init__(self, bundle_dir: Path | str, model_file: str = "model.onnx", threads: int | None = None,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, bundle_dir: Path | str, model_file: str | None = None, threads: int | None = None, batch_size: int = 64
+    ) -> None:
         bundle_dir = Path(bundle_dir)
+        if not bundle_dir.is_dir():
+            raise ExportError(f"bundle {bundle_dir} does not exist; pass a directory written by `distill export`")
+        model_file = model_file or best_model_file(bundle_dir)
         for name in ("tokenizer.json", "config.json"):
             if not (bundle_dir / name).is_file():
                 raise ExportError(
@@ -139,7 +155,7 @@ class OnnxClassifier:
             texts = [texts]
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs; pass one pair per text")
-        batch = list(texts) if text_pairs is None else list(zip(texts, text_pairs))
+        batch = list(texts) if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         encodings = [
             {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
             for e in self.tokenizer.encode_batch(batch)
@@ -149,7 +165,4 @@ class OnnxClassifier:
             return [{"label": self.label(0), "score": float(value)} for value in logits[:, 0]]
         probabilities = _softmax(logits)
         best = probabilities.argmax(axis=-1)
-        return [
-            {"label": self.label(int(k)), "score": float(probabilities[row, k])}
-            for row, k in enumerate(best)
-        ]
+        return [{"label": self.label(int(k)), "score": float(probabilities[row, k])} for row, k in enumerate(best)]

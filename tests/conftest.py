@@ -13,10 +13,51 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
 
-WORDS = (
-    "good great fine nice love best fun happy charming moving bad awful boring dull worst hate sad ugly poor weak "
-    "the a an it is was movie film story plot actor this that and but not very really so too of to in".split()
-)
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "nice",
+    "love",
+    "best",
+    "fun",
+    "happy",
+    "charming",
+    "moving",
+    "bad",
+    "awful",
+    "boring",
+    "dull",
+    "worst",
+    "hate",
+    "sad",
+    "ugly",
+    "poor",
+    "weak",
+    "the",
+    "a",
+    "an",
+    "it",
+    "is",
+    "was",
+    "movie",
+    "film",
+    "story",
+    "plot",
+    "actor",
+    "this",
+    "that",
+    "and",
+    "but",
+    "not",
+    "very",
+    "really",
+    "so",
+    "too",
+    "of",
+    "to",
+    "in",
+]
 POSITIVE = WORDS[:10]
 NEGATIVE = WORDS[10:20]
 
@@ -33,15 +74,20 @@ def make_tokenizer(directory: Path):
 
 
 def make_tiny_bert(directory: Path, num_labels: int = 2, num_layers: int = 4, with_head: bool = True, seed: int = 0):
-    """Save a random BERT (hidden 32, 4 heads) with a classification head, or a bare encoder when ``with_head`` is False."""
+    """Save a random BERT (hidden 32, 4 heads) with a classification head, or a bare encoder without one."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(directory)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
     )
     model = BertForSequenceClassification(config) if with_head else BertModel(config)
     model.save_pretrained(directory)
@@ -80,4 +126,27 @@ def write_sst2_like(path: Path, rows: int, seed: int = 0) -> Path:
 @pytest.fixture
 def sst2_like(tmp_path) -> tuple[Path, Path]:
     """Tiny train/dev TSVs in SST-2's format."""
-    return write_sst2_like(tmp_path / "data" / "train.tsv", 96, seed=1), write_sst2_like(tmp_path / "data" / "dev.tsv", 32, seed=2)
+    return write_sst2_like(tmp_path / "data" / "train.tsv", 96, seed=1), write_sst2_like(
+        tmp_path / "data" / "dev.tsv", 32, seed=2
+    )
+
+
+def tiny_task(directory: Path, dev_rows: int, train_rows: int = 16):
+    """A :class:`distill.data.TaskData` over fresh SST-2-like train and dev files written in ``directory``."""
+    from distill.config import DataConfig
+    from distill.data import load_task_data
+
+    splits = DataConfig(
+        train=write_sst2_like(directory / "train.tsv", train_rows, seed=1),
+        validation=write_sst2_like(directory / "dev.tsv", dev_rows, seed=2),
+    )
+    return load_task_data(splits, "sst2")
+
+
+def tokenised_dev(directory: Path, tokenizer_dir: Path, dev_rows: int):
+    """The tokenised dev split (max length 32) of :func:`tiny_task`, with the tokenizer saved in ``tokenizer_dir``."""
+    from transformers import AutoTokenizer
+
+    from distill.data import tokenize
+
+    return tokenize(tiny_task(directory, dev_rows).validation, AutoTokenizer.from_pretrained(tokenizer_dir), 32)

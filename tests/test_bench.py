@@ -7,25 +7,20 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from tests.conftest import make_tiny_bert, write_sst2_like
-from transformers import AutoTokenizer
 
 from distill.bench import Artifact, benchmark_artifacts, host_info, library_versions, time_point
-from distill.config import BenchConfig, DataConfig, ExportConfig
-from distill.data import load_task_data, tokenize
+from distill.config import BenchConfig, ExportConfig
 from distill.errors import ConfigError, StageError
 from distill.export import export_onnx
 from distill.files import read_json
+from tests.conftest import make_tiny_bert, tokenised_dev
 
 GRID = BenchConfig(batch_sizes=[1, 2], seq_lengths=[8, 16], threads=1, warmup=1, iterations=5)
 
 
 @pytest.fixture(scope="module")
 def validation(tiny_bert_dir: Path, tmp_path_factory) -> datasets.Dataset:
-    data_dir = tmp_path_factory.mktemp("bench_data")
-    splits = DataConfig(train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
-                        validation=write_sst2_like(data_dir / "dev.tsv", 20, seed=2))
-    return tokenize(load_task_data(splits, "sst2").validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
+    return tokenised_dev(tmp_path_factory.mktemp("bench_data"), tiny_bert_dir, 20)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from distill.cli import cli
 from distill.errors import ConfigError
-
 from tests.conftest import REPO_ROOT
 
 
@@ -42,10 +41,21 @@ def write_config(directory: Path, train: Path, validation: Path, teacher_dir: Pa
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> list[str]:
@@ -71,7 +81,7 @@ def job(tmp_path, sst2_like, tiny_bert_dir) -> Path:
 
 
 def test_expected_commands_exist():
-    assert {"validate", "run", "teacher", "train", "export", "bench", "report"} <= set(cli.commands)
+    assert {"validate", "run", "teacher", "train", "export", "bench", "report", "predict"} <= set(cli.commands)
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))
@@ -81,6 +91,9 @@ def test_every_command_has_working_help(name):
     assert f"Usage: cli {name}" in result.output
     command = cli.commands[name]
     assert command.help and command.help.split("\n")[0].strip()[:30] in " ".join(result.output.split())
+    if name == "predict":
+        assert "BUNDLE TEXTS" in result.output and "--pair" in result.output
+        return
     if name != "validate":
         assert "--run-dir" in result.output
     assert "--set" in result.output
@@ -116,8 +129,15 @@ def test_validate_the_shipped_quick_config():
 
 def test_validate_lists_every_problem(tmp_path, sst2_like, tiny_bert_dir):
     train, dev = sst2_like
-    path = write_config(tmp_path, train, dev, tiny_bert_dir, colour="blue", data={"trian": "x"},
-                        students=[{"name": "s", "num_layers": 0}])
+    path = write_config(
+        tmp_path,
+        train,
+        dev,
+        tiny_bert_dir,
+        colour="blue",
+        data={"trian": "x"},
+        students=[{"name": "s", "num_layers": 0}],
+    )
     result = run_cli("validate", path, cwd=tmp_path)
     lines = assert_clean_failure(result, f"{path} has 3 problem(s):")
     assert lines[1:] and all(line.startswith("  - ") for line in lines[1:]), lines
@@ -142,7 +162,9 @@ def test_run_with_a_missing_data_file(tmp_path, sst2_like, tiny_bert_dir):
     missing = tmp_path / "data" / "no_such_train.tsv"
     job = write_config(tmp_path, missing, dev, tiny_bert_dir)
     run_dir = tmp_path / "run"
-    lines = assert_clean_failure(run_cli("run", job, "--run-dir", run_dir, cwd=tmp_path), str(missing), "does not exist")
+    lines = assert_clean_failure(
+        run_cli("run", job, "--run-dir", run_dir, cwd=tmp_path), str(missing), "does not exist"
+    )
     assert len(lines) == 1, lines
     assert not run_dir.exists()
 
@@ -174,12 +196,18 @@ def test_run_with_a_teacher_path_that_does_not_exist(job, tmp_path):
 
 def test_run_with_rte_columns_under_task_sst2(tmp_path, tiny_bert_dir):
     rte = tmp_path / "rte.tsv"
-    rte.write_text("index\tsentence1\tsentence2\tlabel\n0\tA man eats.\tSomeone eats.\tentailment\n"
-                   "1\tIt is \"cold.\tIt is warm.\tnot_entailment\n", encoding="utf-8")
+    rte.write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA man eats.\tSomeone eats.\tentailment\n"
+        '1\tIt is "cold.\tIt is warm.\tnot_entailment\n',
+        encoding="utf-8",
+    )
     job = write_config(tmp_path, rte, rte, tiny_bert_dir)
     run_dir = tmp_path / "run"
-    lines = assert_clean_failure(run_cli("run", job, "--run-dir", run_dir, cwd=tmp_path),
-                                 "data.text_column 'sentence'", "index, sentence1, sentence2, label")
+    lines = assert_clean_failure(
+        run_cli("run", job, "--run-dir", run_dir, cwd=tmp_path),
+        "data.text_column 'sentence'",
+        "index, sentence1, sentence2, label",
+    )
     assert len(lines) == 1, lines
     assert not run_dir.exists()
 
@@ -201,14 +229,18 @@ def test_run_directory_created_before_a_teacher_failure_is_removed(job, tmp_path
     empty_teacher = tmp_path / "empty_teacher"
     empty_teacher.mkdir()
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["distill", "teacher", str(job), "--run-dir", str(run_dir),
-                                      "--set", f"teacher.source={empty_teacher}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["distill", "teacher", str(job), "--run-dir", str(run_dir), "--set", f"teacher.source={empty_teacher}"],
+    )
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == [
-        f"error: teacher directory {empty_teacher} has no config.json; point teacher.source at a save_pretrained directory"
+        f"error: teacher directory {empty_teacher} has no config.json; "
+        "point teacher.source at a save_pretrained directory"
     ]
     assert not run_dir.exists()
 
@@ -217,8 +249,9 @@ def test_run_directory_created_before_a_teacher_failure_is_removed(job, tmp_path
 def test_stage_commands_fail_the_same_way(job, tmp_path, monkeypatch, stage):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(cli, [stage, str(job), "--run-dir", str(run_dir), "--set", "data.train=nope.tsv"],
-                                standalone_mode=False)
+    result = CliRunner().invoke(
+        cli, [stage, str(job), "--run-dir", str(run_dir), "--set", "data.train=nope.tsv"], standalone_mode=False
+    )
     assert result.exception is not None and type(result.exception).__name__ == "DataError"
     assert f"{tmp_path.resolve() / 'nope.tsv'} does not exist" in str(result.exception)
     assert not run_dir.exists()

@@ -9,7 +9,6 @@ import yaml
 
 from distill.config import Config, apply_overrides, config_from_dict, dump_config, load_config
 from distill.errors import ConfigError, DistillError
-
 from tests.conftest import REPO_ROOT
 
 
@@ -88,8 +87,12 @@ def test_unknown_keys_at_every_depth_are_listed_together():
     raw["students"][0]["temprature"] = 4
     message = config_error(raw)
     assert message.splitlines()[0] == "cfg.yaml has 4 problem(s):"
-    for dotted, value in [("colour", "'blue'"), ("data.trian", "'x.tsv'"), ("teacher.training.epochz", "3"),
-                          ("students.0.temprature", "4")]:
+    for dotted, value in [
+        ("colour", "'blue'"),
+        ("data.trian", "'x.tsv'"),
+        ("teacher.training.epochz", "3"),
+        ("students.0.temprature", "4"),
+    ]:
         assert f"  - {dotted}: unknown key (value {value})" in message
 
 
@@ -132,7 +135,9 @@ def test_layer_selection_must_not_repeat_a_layer():
 
 def test_all_zero_loss_weights_are_rejected():
     student = {"name": "s", "alpha_kd": 0, "alpha_ce": 0, "alpha_cos": 0}
-    assert "at least one of alpha_kd, alpha_ce, alpha_cos must be positive" in config_error(minimal_raw(students=[student]))
+    assert "at least one of alpha_kd, alpha_ce, alpha_cos must be positive" in config_error(
+        minimal_raw(students=[student])
+    )
 
 
 def test_duplicate_student_names():
@@ -155,9 +160,10 @@ def test_config_error_is_a_distill_error():
 
 
 def test_relative_data_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
-    config_path = write_yaml(tmp_path / "configs" / "job.yaml",
-                             {"data": {"train": "../data/train.tsv", "validation": "dev.tsv"},
-                              "students": [{"name": "s"}]})
+    config_path = write_yaml(
+        tmp_path / "configs" / "job.yaml",
+        {"data": {"train": "../data/train.tsv", "validation": "dev.tsv"}, "students": [{"name": "s"}]},
+    )
     monkeypatch.chdir(REPO_ROOT)  # a cwd other than the config's folder must not matter
     config = load_config(config_path)
     assert config.data.train == (tmp_path / "data" / "train.tsv").resolve()
@@ -166,14 +172,17 @@ def test_relative_data_paths_resolve_against_the_config_folder(tmp_path, monkeyp
 
 def test_absolute_data_paths_stay(tmp_path):
     train = tmp_path / "elsewhere" / "train.tsv"
-    config_path = write_yaml(tmp_path / "c.yaml", {"data": {"train": str(train), "validation": str(train)},
-                                                   "students": [{"name": "s"}]})
+    config_path = write_yaml(
+        tmp_path / "c.yaml", {"data": {"train": str(train), "validation": str(train)}, "students": [{"name": "s"}]}
+    )
     assert load_config(config_path).data.train == train.resolve()
 
 
 def test_override_paths_resolve_against_the_cwd(tmp_path, monkeypatch):
-    config_path = write_yaml(tmp_path / "configs" / "job.yaml",
-                             {"data": {"train": "train.tsv", "validation": "dev.tsv"}, "students": [{"name": "s"}]})
+    config_path = write_yaml(
+        tmp_path / "configs" / "job.yaml",
+        {"data": {"train": "train.tsv", "validation": "dev.tsv"}, "students": [{"name": "s"}]},
+    )
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -185,11 +194,12 @@ def test_override_paths_resolve_against_the_cwd(tmp_path, monkeypatch):
 
 def test_local_teacher_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
     (tmp_path / "configs" / "teacher_dir").mkdir(parents=True)
-    for source, expected in [("./teacher_dir", tmp_path / "configs" / "teacher_dir"),
-                             ("teacher_dir", tmp_path / "configs" / "teacher_dir"),
-                             ("../models/t", tmp_path / "models" / "t")]:
-        config_path = write_yaml(tmp_path / "configs" / "job.yaml",
-                                 minimal_raw(teacher={"source": source}))
+    for source, expected in [
+        ("./teacher_dir", tmp_path / "configs" / "teacher_dir"),
+        ("teacher_dir", tmp_path / "configs" / "teacher_dir"),
+        ("../models/t", tmp_path / "models" / "t"),
+    ]:
+        config_path = write_yaml(tmp_path / "configs" / "job.yaml", minimal_raw(teacher={"source": source}))
         monkeypatch.chdir(tmp_path)
         assert load_config(config_path).teacher.source == str(expected.resolve()), source
 
@@ -237,8 +247,9 @@ def test_load_config_names_the_file_and_every_problem(tmp_path):
 
 def test_overrides_nested_and_typed(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", minimal_raw())
-    config = load_config(path, ["teacher.training.epochs=1", "seed=3", "data.train_limit=50", "task=rte",
-                                "teacher.finetune=never"])
+    config = load_config(
+        path, ["teacher.training.epochs=1", "seed=3", "data.train_limit=50", "task=rte", "teacher.finetune=never"]
+    )
     assert config.teacher.training.epochs == 1.0
     assert config.seed == 3
     assert config.data.train_limit == 50
@@ -248,8 +259,9 @@ def test_overrides_nested_and_typed(tmp_path):
 
 def test_override_list_items_by_index(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", minimal_raw(students=[{"name": "a"}, {"name": "b"}]))
-    config = load_config(path, ["students.0.num_layers=2", "students.1.layer_selection=[0, 2]",
-                                "students.1.num_layers=2"])
+    config = load_config(
+        path, ["students.0.num_layers=2", "students.1.layer_selection=[0, 2]", "students.1.num_layers=2"]
+    )
     assert config.students[0].num_layers == 2
     assert config.students[1].layer_selection == [0, 2]
     assert config.students[0].layer_selection == "uniform"
@@ -267,12 +279,15 @@ def test_override_creates_missing_sections():
     assert raw["bench"] == {"iterations": 5}
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("students.0.num_layers", "is not KEY=VALUE"),
-    ("students.5.num_layers=2", "has no item 5"),
-    ("students.x.num_layers=2", "has no item x"),
-    ("students.0.name.first=1", "students.0.name is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("students.0.num_layers", "is not KEY=VALUE"),
+        ("students.5.num_layers=2", "has no item 5"),
+        ("students.x.num_layers=2", "has no item x"),
+        ("students.0.name.first=1", "students.0.name is not a section"),
+    ],
+)
 def test_bad_overrides_raise_config_error(override, fragment):
     with pytest.raises(ConfigError) as info:
         apply_overrides(minimal_raw(), [override], Path("/"))
@@ -314,4 +329,6 @@ def test_there_are_shipped_configs():
 def test_every_shipped_config_validates(path):
     config = load_config(path)
     assert config.students, path
-    assert config.data.hub_dataset is not None or (config.data.train.is_absolute() and config.data.validation.is_absolute())
+    assert config.data.hub_dataset is not None or (
+        config.data.train.is_absolute() and config.data.validation.is_absolute()
+    )

@@ -11,7 +11,6 @@ import pytest
 from distill.config import DataConfig
 from distill.data import SUFFIX_FORMATS, TaskData, load_task_data, majority_baseline, read_table, tokenize
 from distill.errors import DataError, DistillError
-
 from tests.conftest import WORDS
 
 RTE_ROWS = [
@@ -40,8 +39,9 @@ def data_config(train: Path, validation: Path | None = None, **fields) -> DataCo
 
 
 def test_sst2_tsv_with_trailing_space_before_tab(tmp_path):
-    path = write_lines(tmp_path / "train.tsv", ["sentence\tlabel", "a charming journey . \t1", "bleak and dull \t0",
-                                               "it 's fine \t1"])
+    path = write_lines(
+        tmp_path / "train.tsv", ["sentence\tlabel", "a charming journey . \t1", "bleak and dull \t0", "it 's fine \t1"]
+    )
     data = load_task_data(data_config(path), "sst2")
     assert isinstance(data, TaskData)
     assert data.train.column_names == ["text", "label"]
@@ -319,7 +319,10 @@ def test_fixture_tokenizer_knows_the_fixture_words(tokenizer):
     # Everything downstream (tokenised lengths, "labels learnable from the words") assumes whole-word ids.
     assert len(tokenizer) == 5 + len(WORDS)
     assert tokenizer("good movie")["input_ids"] == [
-        tokenizer.cls_token_id, 5 + WORDS.index("good"), 5 + WORDS.index("movie"), tokenizer.sep_token_id
+        tokenizer.cls_token_id,
+        5 + WORDS.index("good"),
+        5 + WORDS.index("movie"),
+        tokenizer.sep_token_id,
     ]
 
 
@@ -332,14 +335,22 @@ def test_tokenize_single_sentences_without_padding(tokenizer, tmp_path):
     assert lengths == [3, 8], "[CLS] + words + [SEP], no padding"
     assert all(all(bit == 1 for bit in mask) for mask in encoded["attention_mask"])
     assert list(encoded["labels"]) == [1, 0]
-    assert encoded["input_ids"][0] == [tokenizer.cls_token_id, tokenizer.convert_tokens_to_ids("good"),
-                                       tokenizer.sep_token_id]
+    assert encoded["input_ids"][0] == [
+        tokenizer.cls_token_id,
+        tokenizer.convert_tokens_to_ids("good"),
+        tokenizer.sep_token_id,
+    ]
 
 
 def test_tokenize_pairs_and_truncation(tokenizer, tmp_path):
-    path = write_lines(tmp_path / "t.tsv", ["index\tsentence1\tsentence2\tlabel",
-                                            "0\tthe film\tit was good\tentailment",
-                                            "1\t" + " ".join(["very"] * 40) + "\tsad\tnot_entailment"])
+    path = write_lines(
+        tmp_path / "t.tsv",
+        [
+            "index\tsentence1\tsentence2\tlabel",
+            "0\tthe film\tit was good\tentailment",
+            "1\t" + " ".join(["very"] * 40) + "\tsad\tnot_entailment",
+        ],
+    )
     data = load_task_data(data_config(path), "rte")
     encoded = tokenize(data.train, tokenizer, max_length=12)
     assert encoded["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1, 1]

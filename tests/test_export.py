@@ -7,17 +7,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from tests.conftest import write_sst2_like
 from transformers import AutoTokenizer
 
 import distill.export
-from distill.config import DataConfig, ExportConfig
-from distill.data import load_task_data, tokenize
+from distill.config import ExportConfig
 from distill.errors import ExportError
 from distill.evaluate import predict_logits
 from distill.export import export_onnx, input_names, load_model, random_inputs
 from distill.files import read_json
 from distill.runtime import create_session, onnx_logits
+from tests.conftest import tokenised_dev
 
 QUICK = ExportConfig(check_shapes=[(1, 16), (4, 24)])
 
@@ -25,10 +24,7 @@ QUICK = ExportConfig(check_shapes=[(1, 16), (4, 24)])
 @pytest.fixture(scope="module")
 def validation(tiny_bert_dir: Path, tmp_path_factory) -> datasets.Dataset:
     """A tokenised 24-example SST-2-like dev split."""
-    data_dir = tmp_path_factory.mktemp("export_data")
-    splits = DataConfig(train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
-                        validation=write_sst2_like(data_dir / "dev.tsv", 24, seed=2))
-    return tokenize(load_task_data(splits, "sst2").validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
+    return tokenised_dev(tmp_path_factory.mktemp("export_data"), tiny_bert_dir, 24)
 
 
 def test_export_round_trip(tiny_bert_dir: Path, validation: datasets.Dataset, tmp_path: Path) -> None:
@@ -37,8 +33,14 @@ def test_export_round_trip(tiny_bert_dir: Path, validation: datasets.Dataset, tm
     out_dir = tmp_path / "onnx" / "tiny"
     fidelity = export_onnx(tiny_bert_dir, out_dir, QUICK, validation, teacher_logits=teacher_logits)
 
-    for name in ("model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json", "fidelity.json",
-                 "dev_logits.npy"):
+    for name in (
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "fidelity.json",
+        "dev_logits.npy",
+    ):
         assert (out_dir / name).is_file(), name
     assert read_json(out_dir / "fidelity.json") == fidelity
     assert fidelity["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]

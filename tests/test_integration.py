@@ -18,14 +18,31 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
     assert (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), f"GLUE data is expected in {GLUE_DIR} (see shared/data/glue)"
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "distill", "run", str(REPO_ROOT / "configs" / "sst2" / "quick.yaml"),
-        "--run-dir", str(run_dir),
-        "--set", "data.train_limit=1024", "--set", "data.validation_limit=256",
-        "--set", "teacher.training.epochs=1", "--set", "students.0.training.epochs=1",
-        "--set", "bench.batch_sizes=[1, 8]", "--set", "bench.seq_lengths=[32]", "--set", "bench.iterations=5",
+        sys.executable,
+        "-m",
+        "distill",
+        "run",
+        str(REPO_ROOT / "configs" / "sst2" / "quick.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "data.train_limit=1024",
+        "--set",
+        "data.validation_limit=256",
+        "--set",
+        "teacher.training.epochs=1",
+        "--set",
+        "students.0.training.epochs=1",
+        "--set",
+        "bench.batch_sizes=[1, 8]",
+        "--set",
+        "bench.seq_lengths=[32]",
+        "--set",
+        "bench.iterations=5",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
@@ -38,14 +55,23 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
         assert fidelity["max_abs_diff"] <= 1e-4
         assert fidelity["agreement_with_pytorch"] == 1.0
     results = json.loads((run_dir / "bench" / "results.json").read_text())
-    assert {(row["name"], row["runtime"]) for row in results["artifacts"]} == {
-        ("teacher", "pytorch"), ("teacher", "onnxruntime"), ("distil3", "pytorch"), ("distil3", "onnxruntime")}
-    assert len(results["latency"]) == 4 * 2
+    measured = {(row["name"], row["runtime"], row["precision"]) for row in results["artifacts"]}
+    for name in ("teacher", "distil3"):
+        assert {(name, "pytorch", "fp32"), (name, "onnxruntime", "fp32")} <= measured
+        fidelity = json.loads((run_dir / "onnx" / name / "fidelity.json").read_text())
+        assert fidelity["optimized"]["fused_ops"].get("Attention") == (6 if name == "teacher" else 3)
+        for file_name, precision in (("model.opt.onnx", "fp32-opt"), ("model.int8.onnx", "int8")):
+            assert (run_dir / "onnx" / name / file_name).is_file() == ((name, "onnxruntime", precision) in measured)
+    assert len(results["latency"]) == len(results["artifacts"]) * 2
+    assert all(row["padding_check"]["passed"] for row in results["artifacts"])
+    assert "distil3" in (run_dir / "onnx" / "distil3" / "README.md").read_text()
     report = (run_dir / "report.md").read_text()
     assert report.index("teacher") < report.index("distil3")
     assert (run_dir / "bench" / "accuracy_vs_latency.png").stat().st_size > 1000
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(entry["status"] == "complete" for entry in manifest["stages"].values())
 
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 5, rerun.stdout

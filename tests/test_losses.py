@@ -118,7 +118,9 @@ def test_soft_cross_entropy_is_kl_plus_teacher_entropy():
 
 
 def test_logit_mse_ignores_temperature():
-    assert logit_mse(STUDENT_LOGITS, TEACHER_LOGITS, 1.0).item() == logit_mse(STUDENT_LOGITS, TEACHER_LOGITS, 10.0).item()
+    assert (
+        logit_mse(STUDENT_LOGITS, TEACHER_LOGITS, 1.0).item() == logit_mse(STUDENT_LOGITS, TEACHER_LOGITS, 10.0).item()
+    )
 
 
 # --- hard labels ---------------------------------------------------------------------------------------------------

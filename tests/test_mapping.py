@@ -10,16 +10,19 @@ from distill.errors import DistillError, StudentError
 from distill.mapping import hidden_state_pairs, select_layers, uniform_layers
 
 
-@pytest.mark.parametrize("teacher_layers, student_layers, expected", [
-    (6, 3, [1, 3, 5]),
-    (6, 4, [0, 2, 3, 5]),
-    (12, 4, [2, 5, 8, 11]),
-    (12, 5, [1, 3, 6, 8, 11]),
-    (12, 6, [1, 3, 5, 7, 9, 11]),
-    (6, 6, [0, 1, 2, 3, 4, 5]),
-    (6, 1, [5]),
-    (4, 2, [1, 3]),
-])
+@pytest.mark.parametrize(
+    "teacher_layers, student_layers, expected",
+    [
+        (6, 3, [1, 3, 5]),
+        (6, 4, [0, 2, 3, 5]),
+        (12, 4, [2, 5, 8, 11]),
+        (12, 5, [1, 3, 6, 8, 11]),
+        (12, 6, [1, 3, 5, 7, 9, 11]),
+        (6, 6, [0, 1, 2, 3, 4, 5]),
+        (6, 1, [5]),
+        (4, 2, [1, 3]),
+    ],
+)
 def test_uniform_layers(teacher_layers, student_layers, expected):
     assert uniform_layers(teacher_layers, student_layers) == expected
     assert select_layers("uniform", teacher_layers, student_layers) == expected
@@ -47,7 +50,9 @@ def test_explicit_list_is_kept_in_order():
 
 
 def test_student_deeper_than_teacher():
-    with pytest.raises(StudentError, match=r"4 layers cannot be initialised from a teacher with 3; set num_layers to at most 3"):
+    with pytest.raises(
+        StudentError, match=r"4 layers cannot be initialised from a teacher with 3; set num_layers to at most 3"
+    ):
         select_layers("uniform", 3, 4)
     with pytest.raises(StudentError, match="at most 3"):
         select_layers([0, 1, 2, 3], 3, 4)

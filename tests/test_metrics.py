@@ -53,7 +53,9 @@ def test_pearson_by_hand():
     assert compute_metrics(["pearson"], 2 * gold + 5, gold)["pearson"] == pytest.approx(1.0)
     assert compute_metrics(["pearson"], -gold, gold)["pearson"] == pytest.approx(-1.0)
     # deviations (-1, 1, 0) and (-1, 0, 1): covariance 1 over variances 2 and 2 -> r = 0.5
-    assert compute_metrics(["pearson"], np.array([1.0, 3.0, 2.0]), np.array([1.0, 2.0, 3.0]))["pearson"] == pytest.approx(0.5)
+    assert compute_metrics(["pearson"], np.array([1.0, 3.0, 2.0]), np.array([1.0, 2.0, 3.0]))[
+        "pearson"
+    ] == pytest.approx(0.5)
 
 
 def test_spearman_uses_ranks_only():

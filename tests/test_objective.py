@@ -23,8 +23,9 @@ def make_outputs(num_labels: int = 3, seed: int = 0, requires_grad: bool = False
 
     student_hidden = tuple(randn(BATCH, SEQ, HIDDEN).requires_grad_(requires_grad) for _ in range(len(LAYER_MAP) + 1))
     teacher_hidden = tuple(randn(BATCH, SEQ, HIDDEN) for _ in range(TEACHER_LAYERS + 1))
-    student = SequenceClassifierOutput(logits=randn(BATCH, num_labels).requires_grad_(requires_grad),
-                                       hidden_states=student_hidden)
+    student = SequenceClassifierOutput(
+        logits=randn(BATCH, num_labels).requires_grad_(requires_grad), hidden_states=student_hidden
+    )
     teacher = SequenceClassifierOutput(logits=randn(BATCH, num_labels), hidden_states=teacher_hidden)
     if num_labels == 1:
         labels = randn(BATCH)
@@ -39,9 +40,9 @@ def make_outputs(num_labels: int = 3, seed: int = 0, requires_grad: bool = False
 def expected_cosine(student, teacher, attention_mask) -> torch.Tensor:
     """Embedding output plus every mapped layer, averaged: pairs (0,0), (1,2), (2,4)."""
     pairs = [(0, 0), (1, 2), (2, 4)]
-    return torch.stack([
-        hidden_cosine(student.hidden_states[s], teacher.hidden_states[t], attention_mask) for s, t in pairs
-    ]).mean()
+    return torch.stack(
+        [hidden_cosine(student.hidden_states[s], teacher.hidden_states[t], attention_mask) for s, t in pairs]
+    ).mean()
 
 
 def test_label_objective_is_cross_entropy():
@@ -58,12 +59,14 @@ def test_label_objective_is_mse_for_regression():
     assert total.item() == pytest.approx(F.mse_loss(student.logits[:, 0], labels).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("kd_loss, function", [("kl", kl_divergence), ("soft_ce", soft_cross_entropy),
-                                               ("mse", logit_mse)])
+@pytest.mark.parametrize(
+    "kd_loss, function", [("kl", kl_divergence), ("soft_ce", soft_cross_entropy), ("mse", logit_mse)]
+)
 def test_only_kd_equals_the_logit_loss(kd_loss, function):
     student, teacher, labels, mask = make_outputs()
-    objective = DistilBertObjective(layer_map=LAYER_MAP, temperature=3.0, kd_loss=kd_loss,
-                                    alpha_kd=1.0, alpha_ce=0.0, alpha_cos=0.0)
+    objective = DistilBertObjective(
+        layer_map=LAYER_MAP, temperature=3.0, kd_loss=kd_loss, alpha_kd=1.0, alpha_ce=0.0, alpha_cos=0.0
+    )
     total, terms = objective(student, teacher, labels, mask)
     expected = function(student.logits, teacher.logits, 3.0)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -87,9 +90,7 @@ def test_total_is_the_weighted_sum_of_the_returned_terms():
     objective = DistilBertObjective(layer_map=LAYER_MAP, temperature=2.0, alpha_kd=0.7, alpha_ce=0.2, alpha_cos=1.5)
     total, terms = objective(student, teacher, labels, mask)
     assert set(terms) == {"kd", "ce", "cos"}
-    assert total.item() == pytest.approx(
-        (0.7 * terms["kd"] + 0.2 * terms["ce"] + 1.5 * terms["cos"]).item(), rel=1e-6
-    )
+    assert total.item() == pytest.approx((0.7 * terms["kd"] + 0.2 * terms["ce"] + 1.5 * terms["cos"]).item(), rel=1e-6)
     assert terms["kd"].item() == pytest.approx(kl_divergence(student.logits, teacher.logits, 2.0).item(), rel=1e-6)
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(student.logits, labels).item(), rel=1e-6)
     assert terms["cos"].item() == pytest.approx(expected_cosine(student, teacher, mask).item(), rel=1e-6)
@@ -104,12 +105,15 @@ def test_returned_terms_are_unweighted_and_detached():
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(student.logits, labels).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("weights, present", [
-    ({"alpha_kd": 0.0, "alpha_ce": 1.0, "alpha_cos": 1.0}, {"ce", "cos"}),
-    ({"alpha_kd": 1.0, "alpha_ce": 0.0, "alpha_cos": 1.0}, {"kd", "cos"}),
-    ({"alpha_kd": 1.0, "alpha_ce": 1.0, "alpha_cos": 0.0}, {"kd", "ce"}),
-    ({"alpha_kd": 0.0, "alpha_ce": 1.0, "alpha_cos": 0.0}, {"ce"}),
-])
+@pytest.mark.parametrize(
+    "weights, present",
+    [
+        ({"alpha_kd": 0.0, "alpha_ce": 1.0, "alpha_cos": 1.0}, {"ce", "cos"}),
+        ({"alpha_kd": 1.0, "alpha_ce": 0.0, "alpha_cos": 1.0}, {"kd", "cos"}),
+        ({"alpha_kd": 1.0, "alpha_ce": 1.0, "alpha_cos": 0.0}, {"kd", "ce"}),
+        ({"alpha_kd": 0.0, "alpha_ce": 1.0, "alpha_cos": 0.0}, {"ce"}),
+    ],
+)
 def test_zero_weight_terms_are_absent(weights, present):
     student, teacher, labels, mask = make_outputs()
     objective = DistilBertObjective(layer_map=LAYER_MAP, **weights)
@@ -146,8 +150,10 @@ def test_regression_uses_logit_mse_whatever_kd_loss_says():
 
 def test_gradients_reach_the_student_only():
     student, teacher, labels, mask = make_outputs(requires_grad=True)
-    teacher = SequenceClassifierOutput(logits=teacher.logits.clone().requires_grad_(True),
-                                       hidden_states=tuple(h.clone().requires_grad_(True) for h in teacher.hidden_states))
+    teacher = SequenceClassifierOutput(
+        logits=teacher.logits.clone().requires_grad_(True),
+        hidden_states=tuple(h.clone().requires_grad_(True) for h in teacher.hidden_states),
+    )
     total, _ = DistilBertObjective(layer_map=LAYER_MAP)(student, teacher, labels, mask)
     total.backward()
     assert student.logits.grad is not None and student.logits.grad.abs().sum() > 0

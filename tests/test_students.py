@@ -20,7 +20,7 @@ def teacher(tiny_bert_dir):
 def layer_state(model, prefix: str, index: int) -> dict[str, torch.Tensor]:
     """The parameters and buffers of encoder layer ``index``, keyed by their name inside the layer."""
     marker = f"{prefix}.encoder.layer.{index}."
-    return {name[len(marker):]: value for name, value in model.state_dict().items() if name.startswith(marker)}
+    return {name[len(marker) :]: value for name, value in model.state_dict().items() if name.startswith(marker)}
 
 
 def batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -39,7 +39,10 @@ def test_student_layers_are_copies_of_the_mapped_teacher_layers(teacher, layer_m
     assert student.config.num_hidden_layers == len(layer_map)
     assert len(getattr(student, prefix).encoder.layer) == len(layer_map)
     for student_index, teacher_index in enumerate(layer_map):
-        student_layer, teacher_layer = layer_state(student, prefix, student_index), layer_state(teacher, prefix, teacher_index)
+        student_layer, teacher_layer = (
+            layer_state(student, prefix, student_index),
+            layer_state(teacher, prefix, teacher_index),
+        )
         assert student_layer and student_layer.keys() == teacher_layer.keys()
         for name, value in student_layer.items():
             assert torch.equal(value, teacher_layer[name]), (student_index, teacher_index, name)
@@ -118,7 +121,10 @@ def test_layer_key_matches_the_layer_index_only():
     match = LAYER_KEY.search("bert.encoder.layer.11.attention.self.query.weight")
     assert match is not None and match.group(1) == "11"
     assert LAYER_KEY.search("bert.embeddings.word_embeddings.weight") is None
-    assert LAYER_KEY.sub("3", "bert.encoder.layer.0.output.dense.bias", count=1) == "bert.encoder.layer.3.output.dense.bias"
+    assert (
+        LAYER_KEY.sub("3", "bert.encoder.layer.0.output.dense.bias", count=1)
+        == "bert.encoder.layer.3.output.dense.bias"
+    )
 
 
 def test_out_of_range_map_is_rejected_before_building(teacher):
