@@ -133,6 +133,8 @@ def _run_stage(
             shutil.rmtree(clear)
     elif entry and entry.get("status") != "complete":
         click.echo(f"[{key}] resuming an interrupted run")
+    elif entry:
+        click.echo(f"[{key}] outputs missing from the run directory: recomputing")
     started = time.time()
     run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "started": _now()}
     run.save_manifest()

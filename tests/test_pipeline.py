@@ -92,6 +92,11 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     assert out.count("skipped") == 5
     assert {key: entry["finished"] for key, entry in manifest(run_dir)["stages"].items()} == finished
 
+    (run_dir / "report.md").unlink()
+    run_pipeline(load_config(config_path), run_dir, stages=("report",))
+    assert "[report] outputs missing from the run directory: recomputing" in capsys.readouterr().out
+    assert (run_dir / "report.md").is_file()
+
     run_pipeline(
         load_config(config_path, ["bench.iterations=6"]), run_dir, stages=("teacher", "train", "export", "bench")
     )
