@@ -9,10 +9,12 @@ the record says what was tried.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,16 @@ class _CalibrationReader:
         return next(self.rows, None)
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def quantize_int8(
     attempt: Int8Attempt,
     target: Path,
@@ -148,10 +160,13 @@ def quantize_int8(
 
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        try:
-            quant_pre_process(str(attempt.source), str(prepared), skip_optimization=True)
-        except Exception:  # symbolic shape inference gives up on some graphs; ONNX shape inference suffices then
-            quant_pre_process(str(attempt.source), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        # When symbolic shape inference gives up it dumps its partial model into the current directory, so it
+        # runs inside the scratch directory; ONNX's own shape inference suffices for such graphs.
+        with _working_directory(Path(scratch)):
+            try:
+                quant_pre_process(str(attempt.source.resolve()), str(prepared), skip_optimization=True)
+            except Exception:
+                quant_pre_process(str(attempt.source.resolve()), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         exclude = _excluded_nodes(prepared, num_layers) if attempt.exclude_first_last else []
         op_types = [op for op in QUANTIZABLE_OPS if op not in settings.exclude_op_types]
         common = dict(

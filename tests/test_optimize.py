@@ -169,3 +169,16 @@ def test_predict_reports_a_missing_bundle_in_one_line(tmp_path):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: bundle") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_quantisation_leaves_no_scratch_files_in_the_working_directory(exported, tmp_path, monkeypatch):
+    bundle, rows, labels = exported
+    bundle = fresh_copy(bundle, tmp_path / "copy")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    cfg = EXPORT.model_copy(update={"optimize": False, "int8": Int8Config(mode="static", max_flip_rate=1.0,
+                                                                          max_metric_drop=1.0)})
+    record = optimize_bundle(bundle, cfg, rows, labels, ["accuracy"], calibration=rows[:8])
+    assert record["int8"]["kept"]
+    assert list(workdir.iterdir()) == [], "ORT's shape inference must not dump files where the user runs distill"
