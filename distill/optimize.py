@@ -162,11 +162,12 @@ def quantize_int8(
         prepared = Path(scratch) / "prepared.onnx"
         # When symbolic shape inference gives up it dumps its partial model into the current directory, so it
         # runs inside the scratch directory; ONNX's own shape inference suffices for such graphs.
+        source = str(attempt.source.resolve())
         with _working_directory(Path(scratch)):
             try:
-                quant_pre_process(str(attempt.source.resolve()), str(prepared), skip_optimization=True)
+                quant_pre_process(source, str(prepared), skip_optimization=True)
             except Exception:
-                quant_pre_process(str(attempt.source.resolve()), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+                quant_pre_process(source, str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         exclude = _excluded_nodes(prepared, num_layers) if attempt.exclude_first_last else []
         op_types = [op for op in QUANTIZABLE_OPS if op not in settings.exclude_op_types]
         common = dict(

@@ -17,6 +17,8 @@ RUNTIME_COLOURS = {"pytorch": "tab:orange", "onnxruntime": "tab:blue"}
 REPORT_FILE = "report.md"
 SCATTER_FILE = "accuracy_vs_latency.png"
 BARS_FILE = "latency_bars.png"
+LABEL_OFFSETS = (8, -16, 22, -30)
+"""Vertical offsets (points) cycled over the scatter plot's labels, so that close points' labels stay legible."""
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -356,9 +358,8 @@ def plot_accuracy_vs_latency(view: RunView, path: Path) -> None:
             color=RUNTIME_COLOURS.get(row["runtime"], "tab:gray"),
             marker="*" if row["role"] == "teacher" else "o",
         )
-        # Alternate label offsets so that neighbouring points' labels do not overprint.
         axes.annotate(
-            _label(row), (x, value), textcoords="offset points", xytext=(6, 6 if index % 2 == 0 else -14), fontsize=8
+            _label(row), (x, value), textcoords="offset points", xytext=(6, LABEL_OFFSETS[index % 4]), fontsize=8
         )
         frontier.append((x, value))
     frontier.sort(key=lambda item: (item[0], -item[1]))
