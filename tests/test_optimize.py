@@ -177,8 +177,9 @@ def test_quantisation_leaves_no_scratch_files_in_the_working_directory(exported,
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    cfg = EXPORT.model_copy(update={"optimize": False, "int8": Int8Config(mode="static", max_flip_rate=1.0,
-                                                                          max_metric_drop=1.0)})
+    cfg = EXPORT.model_copy(
+        update={"optimize": False, "int8": Int8Config(mode="static", max_flip_rate=1.0, max_metric_drop=1.0)}
+    )
     record = optimize_bundle(bundle, cfg, rows, labels, ["accuracy"], calibration=rows[:8])
     assert record["int8"]["kept"]
     assert list(workdir.iterdir()) == [], "ORT's shape inference must not dump files where the user runs distill"
