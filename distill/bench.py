@@ -25,7 +25,7 @@ from distill.errors import ConfigError, StageError
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.files import write_json
 from distill.metrics import agreement, compute_metrics, predictions_from_logits
-from distill.runtime import create_session, onnx_logits
+from distill.runtime import MODEL_FILES, create_session, onnx_logits, padded_feeds
 
 CPU_FLAGS = (
     "sse4_2",
@@ -222,19 +222,6 @@ def _output_logits(output: object) -> np.ndarray:
     return logits.float().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
 
 
-def padded_feeds(rows: list[dict[str, list[int]]], names: list[str]) -> dict[str, np.ndarray]:
-    """One batch of tokenised rows, right-padded with id 0 and attention mask 0 to the longest row."""
-    width = max(len(row["input_ids"]) for row in rows)
-    feeds = {}
-    for name in names:
-        batch = np.zeros((len(rows), width), dtype=np.int64)
-        for index, row in enumerate(rows):
-            values = row.get(name) or ([1] * len(row["input_ids"]) if name == "attention_mask" else [])
-            batch[index, : len(values)] = values
-        feeds[name] = batch
-    return feeds
-
-
 def padding_check(
     run: Runner, names: list[str], encodings: list[dict[str, list[int]]], count: int = 8, atol: float = 1e-3
 ) -> dict[str, Any]:
@@ -307,12 +294,12 @@ def gate_failures(results: dict[str, Any], gates: Any) -> list[str]:
         )
 
     failures = []
-    preference = {"int8": 0, "fp32-opt": 1, "fp32": 2}
+    preference = list(MODEL_FILES.values())  # fastest first, as distill predict chooses
     for name in sorted({row["name"] for row in rows if row["role"] == "student"}):
         candidates = [row for row in rows if row["name"] == name and row["runtime"] == "onnxruntime"]
         if not candidates:
             continue
-        deployed = min(candidates, key=lambda row: preference.get(row["precision"], 9))
+        deployed = min(candidates, key=lambda row: preference.index(row["precision"]))
         label = f"student {name} ({deployed['precision']} ONNX)"
         drop = teacher["metrics"][metric] - deployed["metrics"][metric]
         if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.files import read_json, write_text
-from distill.runtime import PREFERRED_MODEL_FILES, best_model_file
+from distill.runtime import MODEL_FILES, PREFERRED_MODEL_FILES, best_model_file
 
-PRECISION_FILES = {"fp32": "model.onnx", "fp32-opt": "model.opt.onnx", "int8": "model.int8.onnx"}
+PRECISION_FILES = {precision: file_name for file_name, precision in MODEL_FILES.items()}
 
 
 def _provenance(run_dir: Path, name: str, metric: str) -> list[str]:

@@ -19,9 +19,8 @@ from distill.errors import ExportError
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.files import atomic_dir, write_json
 from distill.metrics import agreement, predictions_from_logits
-from distill.runtime import create_session, onnx_logits
+from distill.runtime import ONNX_FILE, create_session, onnx_logits
 
-ONNX_FILE = "model.onnx"
 FIDELITY_FILE = "fidelity.json"
 DEV_LOGITS_FILE = "dev_logits.npy"
 # The shape traced at export time; any shape works afterwards thanks to the dynamic axes.

@@ -27,10 +27,8 @@ from distill.errors import ExportError
 from distill.export import op_counts
 from distill.files import read_json, write_json
 from distill.metrics import compute_metrics, predictions_from_logits
-from distill.runtime import create_session, onnx_logits
+from distill.runtime import INT8_FILE, OPTIMIZED_FILE, create_session, onnx_logits
 
-OPTIMIZED_FILE = "model.opt.onnx"
-INT8_FILE = "model.int8.onnx"
 FUSED_OPS = (
     "Attention",
     "MultiHeadAttention",

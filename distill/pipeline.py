@@ -280,7 +280,7 @@ def stage_bench(run: Run) -> None:
 
     from distill.bench import Artifact, benchmark_artifacts
     from distill.data import tokenize
-    from distill.optimize import INT8_FILE, OPTIMIZED_FILE
+    from distill.runtime import MODEL_FILES
 
     _require(run, "export", run.export_fingerprint(), "export")
     results = run.run_dir / "bench" / "results.json"
@@ -291,7 +291,7 @@ def stage_bench(run: Run) -> None:
             role = "teacher" if name == "teacher" else "student"
             artifacts.append(Artifact(name, "pytorch", "fp32", _model_dir(run, name), role))
             bundle = run.run_dir / "onnx" / name
-            for file_name, precision in (("model.onnx", "fp32"), (OPTIMIZED_FILE, "fp32-opt"), (INT8_FILE, "int8")):
+            for file_name, precision in reversed(MODEL_FILES.items()):  # fp32 first, then faster variants
                 if (bundle / file_name).is_file():
                     artifacts.append(Artifact(name, "onnxruntime", precision, bundle / file_name, role))
         tokenizer = AutoTokenizer.from_pretrained(run.run_dir / "teacher")

@@ -13,6 +13,11 @@ from tokenizers import Tokenizer
 from distill.errors import ExportError
 
 ORT_INTEGER_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+ONNX_FILE, OPTIMIZED_FILE, INT8_FILE = "model.onnx", "model.opt.onnx", "model.int8.onnx"
+MODEL_FILES = {INT8_FILE: "int8", OPTIMIZED_FILE: "fp32-opt", ONNX_FILE: "fp32"}
+"""A bundle's ONNX files and the precision each is benchmarked as, fastest first; the export stage writes only
+those that passed their fidelity budget."""
+PREFERRED_MODEL_FILES = tuple(MODEL_FILES)
 # tokenizer_config.json stores a huge sentinel when the model has no length limit.
 NO_LENGTH_LIMIT = 1_000_000
 
@@ -43,6 +48,34 @@ def create_session(model_path: Path | str, threads: int | None = None) -> ort.In
     return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def padded_feeds(
+    rows: Sequence[dict[str, list[int]]], inputs: dict[str, type] | Sequence[str], pad_id: int = 0
+) -> dict[str, np.ndarray]:
+    """One batch of tokenised rows, right-padded to the longest row.
+
+    Args:
+        rows: unpadded ``input_ids`` and optionally ``attention_mask`` / ``token_type_ids`` per example.
+        inputs: the input names to build, or a name-to-integer-dtype map (default ``int64``).
+    Returns:
+        ``{name: (batch, longest) array}``; padding is ``pad_id`` in ``input_ids`` and 0 elsewhere, and a missing
+        ``attention_mask`` is 1 over each row's real tokens.
+    """
+    dtypes = dict(inputs) if isinstance(inputs, dict) else dict.fromkeys(inputs, np.int64)
+    width = max(len(row["input_ids"]) for row in rows)
+    feeds = {name: np.zeros((len(rows), width), dtype=dtype) for name, dtype in dtypes.items()}
+    if "input_ids" in feeds:
+        feeds["input_ids"].fill(pad_id)
+    for index, row in enumerate(rows):
+        length = len(row["input_ids"])
+        for name, array in feeds.items():
+            values = row.get(name)
+            if values is not None:
+                array[index, :length] = values
+            elif name == "attention_mask":
+                array[index, :length] = 1
+    return feeds
+
+
 def onnx_logits(
     session: ort.InferenceSession, encodings: Sequence[dict[str, list[int]]], batch_size: int = 64, pad_id: int = 0
 ) -> np.ndarray:
@@ -64,17 +97,7 @@ def onnx_logits(
     declared_labels = session.get_outputs()[output_names.index(output)].shape[-1]
     all_logits: np.ndarray | None = None
     for indices in length_sorted_batches(lengths, batch_size):
-        width = max(lengths[i] for i in indices)
-        feeds = {name: np.zeros((len(indices), width), dtype=dtype) for name, dtype in inputs.items()}
-        if "input_ids" in feeds:
-            feeds["input_ids"].fill(pad_id)
-        for row, i in enumerate(indices):
-            for name, array in feeds.items():
-                values = encodings[i].get(name)
-                if values is not None:
-                    array[row, : lengths[i]] = values
-                elif name == "attention_mask":
-                    array[row, : lengths[i]] = 1
+        feeds = padded_feeds([encodings[i] for i in indices], inputs, pad_id)
         logits = session.run([output], feeds)[0]  # (batch, num_labels)
         if all_logits is None:
             all_logits = np.zeros((len(encodings), logits.shape[1]), np.float32)
@@ -87,10 +110,6 @@ def onnx_logits(
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-PREFERRED_MODEL_FILES = ("model.int8.onnx", "model.opt.onnx", "model.onnx")
-"""A bundle's ONNX files, fastest first; the export stage writes only those that passed their fidelity budget."""
 
 
 def best_model_file(bundle_dir: Path) -> str:

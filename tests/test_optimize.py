@@ -13,13 +13,13 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from distill.bench import padded_feeds, padding_check
+from distill.bench import padding_check
 from distill.config import ExportConfig, Int8Config
 from distill.data import tokenize
 from distill.export import export_onnx
 from distill.files import read_json
 from distill.optimize import INT8_FALLBACKS, INT8_FILE, OPTIMIZED_FILE, optimize_bundle
-from distill.runtime import OnnxClassifier, create_session
+from distill.runtime import OnnxClassifier, create_session, padded_feeds
 from tests.conftest import REPO_ROOT, tiny_task
 
 EXPORT = ExportConfig(check_shapes=[(1, 16), (4, 24)])
