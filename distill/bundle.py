@@ -21,15 +21,7 @@ def _provenance(run_dir: Path, name: str, metric: str) -> list[str]:
     if name == "teacher":
         return lines
     recipe = read_json(run_dir / "students" / name / "distill.json")
-    student, loss = recipe["student"], recipe["loss"]
-    lines += [
-        f"- Recipe: {recipe['recipe']}-style, {student['num_layers']} layers initialised from teacher layers "
-        f"{recipe['layer_map']}; loss weights {loss['weights']}, temperature {loss['temperature']} "
-        f"({loss['convention']}).",
-        f"- Training: {student['training']['epochs']} epoch(s), batch {student['training']['batch_size']}, "
-        f"learning rate {student['training']['learning_rate']}, seed {recipe['seed']}; best dev checkpoint kept.",
-    ]
-    return lines
+    return lines + [f"- {line}" for line in recipe["description"]] + [f"- Seed {recipe['seed']}."]
 
 
 def model_card(run_dir: Path, name: str, results: dict[str, Any]) -> str:

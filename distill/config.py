@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distill.errors import ConfigError
 from distill.tasks import GLUE_TASKS
@@ -75,13 +84,31 @@ class TeacherConfig(Strict):
     training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
 
 
-class DistilBertStudentConfig(Strict):
-    """DistilBERT-style student: the teacher's width, fewer layers initialised from teacher layers."""
+StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+LayerSelection = Literal["uniform", "first", "last"] | list[NonNegativeInt]
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+def _check_layer_list(layer_selection: LayerSelection, num_layers: int) -> None:
+    if isinstance(layer_selection, list):
+        if len(layer_selection) != num_layers:
+            raise ValueError(f"layer_selection lists {len(layer_selection)} layers but num_layers is {num_layers}")
+        if len(set(layer_selection)) != len(layer_selection):
+            raise ValueError("layer_selection repeats a teacher layer")
+
+
+class DistilBertStudentConfig(Strict):
+    """DistilBERT-style student: the teacher's width, fewer layers initialised from teacher layers.
+
+    ``objective: labels`` trains the same student on hard labels only (no teacher); ``baseline: true`` adds
+    such a label-only twin, named ``NAME-twin``, beside the distilled student.
+    """
+
+    name: StudentName
     recipe: Literal["distilbert"] = "distilbert"
+    objective: Literal["distill", "labels"] = "distill"
+    baseline: bool = False
     num_layers: PositiveInt = 3
-    layer_selection: Literal["uniform", "first", "last"] | list[NonNegativeInt] = "uniform"
+    layer_selection: LayerSelection = "uniform"
     temperature: PositiveFloat = 2.0
     kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
     alpha_kd: NonNegativeFloat = 0.5
@@ -93,17 +120,123 @@ class DistilBertStudentConfig(Strict):
     def _consistent(self) -> DistilBertStudentConfig:
         if self.alpha_kd + self.alpha_ce + self.alpha_cos == 0:
             raise ValueError("at least one of alpha_kd, alpha_ce, alpha_cos must be positive")
-        if isinstance(self.layer_selection, list):
-            if len(self.layer_selection) != self.num_layers:
-                raise ValueError(
-                    f"layer_selection lists {len(self.layer_selection)} layers but num_layers is {self.num_layers}"
-                )
-            if len(set(self.layer_selection)) != len(self.layer_selection):
-                raise ValueError("layer_selection repeats a teacher layer")
+        _check_layer_list(self.layer_selection, self.num_layers)
+        if self.baseline and self.objective == "labels":
+            raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")
         return self
 
 
-StudentConfig = DistilBertStudentConfig
+class IntermediateStageConfig(Strict):
+    """TinyBERT stage 1: the student imitates the teacher's embeddings, hidden states and attention.
+
+    Hidden states (and the embedding output) are compared by MSE after a learned linear projection from the
+    student's width to the teacher's; attention by MSE over heads and real (unpadded) positions.
+    """
+
+    enabled: bool = True
+    alpha_embedding: NonNegativeFloat = 1.0
+    alpha_hidden: NonNegativeFloat = 1.0
+    alpha_attention: NonNegativeFloat = 1.0
+    attention_target: Literal["scores", "probs"] = "scores"
+    training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
+
+    @model_validator(mode="after")
+    def _some_term(self) -> IntermediateStageConfig:
+        if self.enabled and self.alpha_embedding + self.alpha_hidden + self.alpha_attention == 0:
+            raise ValueError("at least one of alpha_embedding, alpha_hidden, alpha_attention must be positive")
+        return self
+
+
+class PredictionStageConfig(Strict):
+    """TinyBERT stage 2: logit distillation (KL at ``temperature``; MSE for regression), plus optional CE."""
+
+    temperature: PositiveFloat = 1.0
+    kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
+    alpha_kd: NonNegativeFloat = 1.0
+    alpha_ce: NonNegativeFloat = 0.0
+    training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=5e-5)
+
+    @model_validator(mode="after")
+    def _some_term(self) -> PredictionStageConfig:
+        if self.alpha_kd + self.alpha_ce == 0:
+            raise ValueError("at least one of alpha_kd, alpha_ce must be positive")
+        return self
+
+
+class AugmentationConfig(Strict):
+    """TinyBERT-style word replacement: ``copies`` new versions of every training example.
+
+    Each single-word-piece word is replaced with probability ``probability`` by one of ``candidates``
+    candidates: masked-LM predictions when ``mlm_model`` (a BertForMaskedLM sharing the teacher's vocabulary)
+    is set, else the nearest neighbours in the teacher's word-embedding space.
+    """
+
+    enabled: bool = False
+    copies: PositiveInt = 20
+    probability: Annotated[float, Field(gt=0, le=1)] = 0.4
+    candidates: PositiveInt = 15
+    mlm_model: str | None = None
+    filter_disagreeing: bool = True
+    batch_size: PositiveInt = 64
+
+
+class TinyBertStudentConfig(Strict):
+    """TinyBERT-style student: shallower and narrower than the teacher, distilled in two stages.
+
+    ``init``: ``truncate`` derives the weights from the teacher (selected layers, width reduced by
+    :func:`distill.tinybert.truncate_teacher`); ``random``; or ``checkpoint`` (``init_checkpoint``, for example a
+    general-distilled student of the same shape).
+    """
+
+    name: StudentName
+    recipe: Literal["tinybert"]
+    objective: Literal["distill", "labels"] = "distill"
+    baseline: bool = False
+    num_layers: PositiveInt = 4
+    hidden_size: PositiveInt = 312
+    num_attention_heads: PositiveInt = 12
+    intermediate_size: PositiveInt = 1200
+    init: Literal["truncate", "random", "checkpoint"] = "truncate"
+    init_checkpoint: str | None = None
+    layer_selection: LayerSelection = "uniform"
+    intermediate: IntermediateStageConfig = IntermediateStageConfig()
+    prediction: PredictionStageConfig = PredictionStageConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TinyBertStudentConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if (self.init == "checkpoint") != (self.init_checkpoint is not None):
+            raise ValueError("set init_checkpoint exactly when init is checkpoint")
+        _check_layer_list(self.layer_selection, self.num_layers)
+        if self.baseline and self.objective == "labels":
+            raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")
+        return self
+
+
+RECIPES = ("distilbert", "tinybert")
+
+
+def _recipe(value: Any) -> str:
+    return value.get("recipe", "distilbert") if isinstance(value, dict) else getattr(value, "recipe", "distilbert")
+
+
+StudentConfig = Annotated[
+    Annotated[DistilBertStudentConfig, Tag("distilbert")] | Annotated[TinyBertStudentConfig, Tag("tinybert")],
+    Discriminator(_recipe),
+]
+"""Any student; ``recipe`` (default ``distilbert``) selects the family."""
+
+
+def label_only_twin(student: DistilBertStudentConfig | TinyBertStudentConfig):
+    """The label-only twin of ``student``: same architecture, initialisation and budget, hard labels only.
+
+    A TinyBERT twin gets both stages' epochs at the prediction stage's learning rate, on the original data.
+    """
+    return student.model_copy(update={"name": f"{student.name}-twin", "objective": "labels", "baseline": False})
 
 
 class Int8Config(Strict):
@@ -178,8 +311,9 @@ class Config(Strict):
 
     @field_validator("students")
     @classmethod
-    def _unique_names(cls, students: list[StudentConfig]) -> list[StudentConfig]:
+    def _unique_names(cls, students: list[Any]) -> list[Any]:
         names = [student.name for student in students]
+        names += [f"{student.name}-twin" for student in students if student.baseline]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"student names must be unique; repeated: {duplicates}")
@@ -190,6 +324,15 @@ class Config(Strict):
         if self.task is None and (self.data.text_column is None or self.data.label_column is None):
             raise ValueError("with task: null, set data.text_column and data.label_column")
         return self
+
+    def trained_students(self) -> list[DistilBertStudentConfig | TinyBertStudentConfig]:
+        """Every student to train, each followed by its label-only twin when ``baseline`` is set."""
+        plan = []
+        for student in self.students:
+            plan.append(student)
+            if student.baseline:
+                plan.append(label_only_twin(student))
+        return plan
 
 
 PATH_KEYS = ("data.train", "data.validation")
@@ -258,7 +401,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> No
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source} has {error.error_count()} problem(s):"]
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = item["loc"]  # drop the union tag pydantic inserts after a student's index (students.0.tinybert.x)
+        parts = [p for i, p in enumerate(loc) if not (p in RECIPES and i > 0 and isinstance(loc[i - 1], int))]
+        location = ".".join(str(part) for part in parts) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  - {location}: unknown key (value {item['input']!r}); remove it or check its spelling")
         elif item["type"] == "missing":

@@ -84,6 +84,37 @@ def hidden_mse(
     return _masked_token_mean(per_token, attention_mask)
 
 
+def group_heads(attention: torch.Tensor, heads: int) -> torch.Tensor:
+    """Average ``(batch, H, q, k)`` attention over ``H // heads`` consecutive heads, giving ``heads`` heads.
+
+    The rule for a teacher with more heads than its student: teacher heads ``[g * r, (g + 1) * r)`` face student
+    head ``g`` (``r = H / heads``). Raises ``ValueError`` when ``heads`` does not divide ``H``.
+    """
+    total = attention.shape[1]
+    if total == heads:
+        return attention
+    if heads > total or total % heads:
+        raise ValueError(f"cannot map {total} teacher attention heads onto {heads} student heads")
+    batch, _, queries, keys = attention.shape
+    return attention.reshape(batch, heads, total // heads, queries, keys).mean(dim=2)
+
+
+def attention_mse(
+    student_attention: torch.Tensor, teacher_attention: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error between attention maps over heads and real (query, key) pairs, as in TinyBERT.
+
+    Args:
+        student_attention: ``(batch, heads, seq, seq)`` pre-softmax scores or probabilities.
+        teacher_attention: the same shape (group the teacher's heads first with :func:`group_heads`).
+        attention_mask: ``(batch, seq)``; pairs where the query or the key is padding are excluded.
+    """
+    mask = attention_mask.to(student_attention.dtype)
+    pairs = (mask[:, :, None] * mask[:, None, :])[:, None]  # (batch, 1, seq, seq)
+    squared = (student_attention - teacher_attention.detach()).pow(2) * pairs
+    return squared.sum() / (pairs.sum() * student_attention.shape[1]).clamp(min=1.0)
+
+
 LOGIT_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "kl": kl_divergence,
     "soft_ce": soft_cross_entropy,

@@ -75,11 +75,11 @@ class Run:
         return fingerprint("teacher", c.task, c.seed, c.data.model_dump(mode="json"), c.teacher.model_dump(mode="json"))
 
     def student_fingerprint(self, name: str) -> str:
-        student = next(s for s in self.config.students if s.name == name)
+        student = next(s for s in self.config.trained_students() if s.name == name)
         return fingerprint("student", self.teacher_fingerprint(), student.model_dump(mode="json"))
 
     def export_fingerprint(self) -> str:
-        students = [self.student_fingerprint(s.name) for s in self.config.students]
+        students = [self.student_fingerprint(s.name) for s in self.config.trained_students()]
         return fingerprint("export", self.teacher_fingerprint(), students, self.config.export.model_dump(mode="json"))
 
     def bench_fingerprint(self) -> str:
@@ -191,18 +191,20 @@ def stage_teacher(run: Run) -> None:
 
 
 def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
-    """Distil every configured student (or only ``names``) into ``RUN/students/NAME``."""
+    """Train every configured student and label-only twin (or only ``names``) into ``RUN/students/NAME``."""
     from distill.students import run_student_stage
 
     _require(run, "teacher", run.teacher_fingerprint(), "teacher")
     wanted = set(names) if names else None
-    for student in run.config.students:
+    for student in run.config.trained_students():
         if wanted is not None and student.name not in wanted:
             continue
         student_dir = run.run_dir / "students" / student.name
 
         def work(student=student, student_dir=student_dir) -> dict[str, Any]:
-            record = run_student_stage(run.config, student, run.data, run.run_dir / "teacher", student_dir)
+            record = run_student_stage(
+                run.config, student, run.data, run.run_dir / "teacher", student_dir, run.run_dir / "cache"
+            )
             click.echo(
                 f"[student:{student.name}] dev {record['main_metric']} "
                 f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
@@ -221,7 +223,7 @@ def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
 
 
 def _model_names(run: Run) -> list[str]:
-    return ["teacher", *(s.name for s in run.config.students)]
+    return ["teacher", *(s.name for s in run.config.trained_students())]
 
 
 def _model_dir(run: Run, name: str) -> Path:
@@ -239,7 +241,7 @@ def stage_export(run: Run) -> None:
     from distill.export import export_onnx
     from distill.optimize import optimize_bundle
 
-    for student in run.config.students:
+    for student in run.config.trained_students():
         _require(run, f"student:{student.name}", run.student_fingerprint(student.name), "train")
     outputs = [run.run_dir / "onnx" / name / "fidelity.json" for name in _model_names(run)]
 

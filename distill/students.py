@@ -1,4 +1,5 @@
-"""Student configs and initial weights: DistilBERT-style (teacher width, layers copied from the teacher)."""
+"""Students: DistilBERT-style construction (teacher width, layers copied from the teacher), and the stage that
+trains any student (DistilBERT- or TinyBERT-style, distilled or label-only), evaluates it and saves it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from distill.config import Config, DistilBertStudentConfig
+from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
 from distill.evaluate import evaluate_logits, predict_logits
 from distill.files import save_array, write_json
-from distill.mapping import select_layers
+from distill.mapping import hidden_state_pairs, select_layers
 from distill.metrics import agreement, predictions_from_logits
-from distill.objective import DistilBertObjective
+from distill.objective import DistilBertObjective, LabelObjective
 from distill.train import remove_checkpoints, train_model
+
+StudentSpec = DistilBertStudentConfig | TinyBertStudentConfig
 
 LAYER_KEY = re.compile(r"(?<=\.layer\.)(\d+)(?=\.)")
 """Matches the layer index in parameter names such as ``bert.encoder.layer.3.attention.self.query.weight``."""
@@ -54,52 +57,91 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def run_student_stage(
-    config: Config, student_config: DistilBertStudentConfig, data: TaskData, teacher_dir: Path, student_dir: Path
-) -> dict[str, Any]:
-    """Build one student from the saved teacher, distil it, evaluate it, and save it to ``student_dir``.
-
-    Writes ``student_dir``: the HF model and tokenizer, ``distill.json`` (recipe, layer map, loss weights,
-    training history), ``eval.json`` (dev metrics, agreement with the teacher) and ``dev_logits.npy``.
-    Training state lives in ``student_dir/checkpoints`` until the student is saved, so a rerun resumes.
-    Returns the contents of ``eval.json``.
-    """
+def _train_distilbert(
+    config: Config, spec: DistilBertStudentConfig, data: TaskData, teacher_dir: Path, student_dir: Path
+) -> tuple[Any, PreTrainedModel, dict[str, Any]]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    layer_map = select_layers(
-        student_config.layer_selection, teacher.config.num_hidden_layers, student_config.num_layers
-    )
+    layer_map = select_layers(spec.layer_selection, teacher.config.num_hidden_layers, spec.num_layers)
     torch.manual_seed(config.seed)
     student = build_distilbert_student(teacher, layer_map)
-    objective = DistilBertObjective(
-        layer_map=layer_map,
-        temperature=student_config.temperature,
-        kd_loss=student_config.kd_loss,
-        alpha_kd=student_config.alpha_kd,
-        alpha_ce=student_config.alpha_ce,
-        alpha_cos=student_config.alpha_cos,
-    )
-    train_set = tokenize(data.train, tokenizer, config.data.max_length)
-    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+    if spec.objective == "labels":
+        objective: Any = LabelObjective()
+        weights = {"ce": 1.0}
+    else:
+        objective = DistilBertObjective(
+            layer_map=layer_map,
+            temperature=spec.temperature,
+            kd_loss=spec.kd_loss,
+            alpha_kd=spec.alpha_kd,
+            alpha_ce=spec.alpha_ce,
+            alpha_cos=spec.alpha_cos,
+        )
+        weights = {"kd": spec.alpha_kd, "ce": spec.alpha_ce, "cos": spec.alpha_cos}
     result = train_model(
         student,
-        train_set,
-        validation,
+        tokenize(data.train, tokenizer, config.data.max_length),
+        tokenize(data.validation, tokenizer, config.data.max_length),
         tokenizer,
-        student_config.training,
+        spec.training,
         student_dir,
         data.metrics,
         config.seed,
         objective,
-        teacher=teacher,
+        teacher=teacher if objective.needs_teacher else None,
     )
-    logits = predict_logits(
-        result.model, validation, tokenizer, student_config.training.eval_batch_size, desc=student_config.name
+    t = spec.training
+    budget = f"{t.epochs} epoch(s), batch {t.batch_size}, learning rate {t.learning_rate}; best dev checkpoint kept."
+    trained = (
+        "trained on hard labels only (label-only twin)"
+        if spec.objective == "labels"
+        else f"loss weights {weights}, temperature {spec.temperature} (KL(teacher_T || student_T) x T^2)"
     )
+    record = {
+        "description": [
+            f"Recipe: DistilBERT-style, {spec.num_layers} layers from teacher layers {layer_map}; {trained}.",
+            f"Training: {budget}",
+        ],
+        "layer_map": layer_map,
+        "hidden_state_pairs": hidden_state_pairs(layer_map),
+        "loss": {
+            "kd": spec.kd_loss,
+            "temperature": spec.temperature,
+            "weights": weights,
+            "convention": "KL(teacher_T || student_T) x T^2",
+        },
+    }
+    return result, teacher, record
+
+
+def run_student_stage(
+    config: Config, spec: StudentSpec, data: TaskData, teacher_dir: Path, student_dir: Path, cache_dir: Path
+) -> dict[str, Any]:
+    """Build one student from the saved teacher, train it (distilled, or on labels only), evaluate it, and save it
+    to ``student_dir``.
+
+    Writes ``student_dir``: the HF model and tokenizer, ``distill.json`` (recipe, architecture, layer map, losses
+    and weights, training history), ``eval.json`` (dev metrics, agreement with the teacher) and ``dev_logits.npy``.
+    Training state lives in ``student_dir/checkpoints`` (TinyBERT: ``stage1/``, ``stage2/``) until the student is
+    saved, so a rerun resumes. ``cache_dir`` holds reusable derived data (augmented training sets).
+    Returns the contents of ``eval.json``.
+    """
+    if spec.recipe == "tinybert":
+        from distill.tinybert import train_tinybert
+
+        result, teacher, record = train_tinybert(config, spec, data, teacher_dir, student_dir, cache_dir)
+    else:
+        result, teacher, record = _train_distilbert(config, spec, data, teacher_dir, student_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+    training = spec.prediction.training if spec.recipe == "tinybert" else spec.training
+    logits = predict_logits(result.model, validation, tokenizer, training.eval_batch_size, desc=spec.name)
     labels = np.asarray(data.validation["label"])
     teacher_logits = np.load(teacher_dir / "dev_logits.npy")
-    record = {
-        "name": student_config.name,
+    evaluation = {
+        "name": spec.name,
+        "recipe": spec.recipe,
+        "objective": spec.objective,
         "metrics": evaluate_logits(logits, labels, data.metrics),
         "main_metric": data.main_metric,
         "agreement_with_teacher": agreement(
@@ -115,26 +157,17 @@ def run_student_stage(
     write_json(
         student_dir / "distill.json",
         {
-            "recipe": student_config.recipe,
-            "student": student_config.model_dump(mode="json"),
+            "recipe": spec.recipe,
+            "objective": spec.objective,
+            "student": spec.model_dump(mode="json"),
             "teacher": str(teacher_dir),
-            "layer_map": layer_map,
-            "hidden_state_pairs": objective.hidden_pairs,
-            "loss": {
-                "kd": student_config.kd_loss,
-                "temperature": student_config.temperature,
-                "weights": {
-                    "kd": student_config.alpha_kd,
-                    "ce": student_config.alpha_ce,
-                    "cos": student_config.alpha_cos,
-                },
-                "convention": "KL(teacher_T || student_T) x T^2",
-            },
+            **record,
             "seed": config.seed,
             "resumed_from": result.resumed_from,
             "history": result.history,
         },
     )
-    write_json(student_dir / "eval.json", record)
-    remove_checkpoints(student_dir)
-    return record
+    write_json(student_dir / "eval.json", evaluation)
+    for work_dir in (student_dir, student_dir / "stage1", student_dir / "stage2"):
+        remove_checkpoints(work_dir)
+    return evaluation

@@ -60,13 +60,16 @@ class DistillationTrainer(Trainer):
             outputs = model(**inputs)
             loss = hard_label_loss(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
-        hidden = self.objective.needs_hidden_states
-        student_outputs = model(**inputs, output_hidden_states=hidden)
+        wanted = {
+            "output_hidden_states": self.objective.needs_hidden_states,
+            "output_attentions": self.objective.needs_attentions,
+        }
+        student_outputs = model(**inputs, **wanted)
         teacher_outputs = None
         if self.objective.needs_teacher:
             assert self.teacher is not None, "this objective needs a teacher"
             with torch.no_grad():
-                teacher_outputs = self.teacher(**inputs, output_hidden_states=hidden)
+                teacher_outputs = self.teacher(**inputs, **wanted)
         loss, terms = self.objective(student_outputs, teacher_outputs, labels, inputs["attention_mask"])
         for name, value in terms.items():
             self._term_sums[name] += float(value)
@@ -117,7 +120,7 @@ class BestModelCallback(TrainerCallback):
 
 @dataclass
 class TrainResult:
-    """The best model (by the main dev metric) and what happened on the way."""
+    """The best model (by the main dev metric; the last one when not selecting) and what happened on the way."""
 
     model: PreTrainedModel
     best: dict[str, Any]
@@ -166,6 +169,7 @@ def train_model(
     seed: int,
     objective: Any,
     teacher: PreTrainedModel | None = None,
+    select_best: bool = True,
 ) -> TrainResult:
     """Train ``model`` with ``objective``, evaluating each epoch and keeping the best checkpoint.
 
@@ -176,6 +180,8 @@ def train_model(
     Args:
         train_set / validation_set: tokenised splits (``input_ids``, ``attention_mask``, ``labels``...).
         metric_names: task metrics; the first selects the best checkpoint (higher is better).
+        select_best: evaluate each epoch and return the best checkpoint; when False (objectives that do not train
+            the classifier, such as TinyBERT's stage 1), skip evaluation and return the trained ``model`` itself.
     """
     checkpoint_dir = work_dir / "checkpoints"
     log_dir = work_dir / "logs"
@@ -190,7 +196,7 @@ def train_model(
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,
         lr_scheduler_type="linear",
-        eval_strategy="epoch",
+        eval_strategy="epoch" if select_best else "no",
         save_strategy="steps",
         save_steps=training.save_steps,
         save_total_limit=2,
@@ -221,6 +227,10 @@ def train_model(
     )
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     trainer.train(resume_from_checkpoint=last_checkpoint)
+    if not select_best:
+        return TrainResult(
+            model=trainer.model, best={}, history=list(trainer.state.log_history), resumed_from=last_checkpoint
+        )
     if not (best_dir / "best.json").is_file():
         trainer.evaluate()
     best = read_json(best_dir / "best.json")

@@ -94,7 +94,17 @@ def write_run(run_dir: Path, student_p50: float) -> None:
         },
     )
     write_json(
-        run_dir / "students" / "small" / "eval.json", {"metrics": {"accuracy": 0.881}, "agreement_with_teacher": 0.953}
+        run_dir / "students" / "small" / "eval.json",
+        {
+            "metrics": {"accuracy": 0.881},
+            "agreement_with_teacher": 0.953,
+            "parameters": 5_000_000,
+            "teacher_parameters": 20_000_000,
+        },
+    )
+    write_json(
+        run_dir / "students" / "small-twin" / "eval.json",
+        {"objective": "labels", "metrics": {"accuracy": 0.8695}, "agreement_with_teacher": 0.93}
     )
     write_json(
         run_dir / "onnx" / "small" / "fidelity.json",
@@ -145,7 +155,10 @@ def test_report_tables_and_plots(tmp_path: Path) -> None:
 
     fidelity = table_rows(report, "| export |")
     assert fidelity == [["small", "17", "3.50e-06", "0.00%", "95.0%", "1x16: 2.00e-06", "64"]]
-    assert table_rows(report, "| student |") == [["small", "accuracy 0.8810", "95.3%"]]
+    assert table_rows(report, "| student |") == [
+        ["small", "distill", "accuracy 0.8810", "95.3%", "5.00M (25%)", "+1.15 points"],
+        ["small-twin", "labels", "accuracy 0.8695", "93.0%", "?", "n/a"],
+    ]
 
     for name in ("accuracy_vs_latency.png", "latency_bars.png"):
         assert f"](bench/{name})" in report
