@@ -104,7 +104,7 @@ def write_run(run_dir: Path, student_p50: float) -> None:
     )
     write_json(
         run_dir / "students" / "small-twin" / "eval.json",
-        {"objective": "labels", "metrics": {"accuracy": 0.8695}, "agreement_with_teacher": 0.93}
+        {"objective": "labels", "metrics": {"accuracy": 0.8695}, "agreement_with_teacher": 0.93},
     )
     write_json(
         run_dir / "onnx" / "small" / "fidelity.json",
