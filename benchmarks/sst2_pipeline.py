@@ -19,11 +19,17 @@ from distill.files import read_json, write_json, write_text
 from distill.pipeline import run_pipeline
 
 
-def _latency(results: dict, name: str, runtime: str, batch: int, seq: int) -> float | None:
+def _latency(results: dict, name: str, runtime: str, batch: int, seq: int, precision: str = "fp32") -> float | None:
     for row in results["latency"]:
-        if (row["name"], row["runtime"], row["batch"], row["seq"]) == (name, runtime, batch, seq):
+        if (row["name"], row["runtime"], row["batch"], row["seq"]) == (name, runtime, batch, seq) and row.get(
+            "precision", "fp32"
+        ) == precision:
             return row["p50_ms"]
     return None
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
 
 
 def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
@@ -39,6 +45,9 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
         fidelity = read_json(run_dir / "onnx" / name / "fidelity.json")
         teacher_pt = _latency(results, "teacher", "pytorch", 1, 128)
         student_onnx = _latency(results, name, "onnxruntime", 1, 128)
+        student_int8 = _latency(results, name, "onnxruntime", 1, 128, "int8")
+        twin = run_dir / "students" / f"{name}-twin" / "eval.json"
+        twin_metric = read_json(twin)["metrics"][metric] if twin.is_file() else None
         students[name] = {
             metric: record["metrics"][metric],
             "retained_vs_teacher": record["metrics"][metric] / teacher["metrics"][metric],
@@ -47,10 +56,15 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
             "parameters_vs_teacher": record["parameters"] / record["teacher_parameters"],
             "onnx_max_abs_diff": fidelity["max_abs_diff"],
             "onnx_agreement_with_pytorch": fidelity["agreement_with_pytorch"],
-            "p50_ms_b1_s128": {"teacher_pytorch": teacher_pt, "student_onnx_fp32": student_onnx},
-            "speedup_onnx_vs_teacher_pytorch_b1_s128": (teacher_pt / student_onnx)
-            if teacher_pt and student_onnx
-            else None,
+            "label_only_twin": twin_metric,
+            "gain_over_twin": None if twin_metric is None else record["metrics"][metric] - twin_metric,
+            "p50_ms_b1_s128": {
+                "teacher_pytorch": teacher_pt,
+                "student_onnx_fp32": student_onnx,
+                "student_onnx_int8": student_int8,
+            },
+            "speedup_onnx_vs_teacher_pytorch_b1_s128": _ratio(teacher_pt, student_onnx),
+            "speedup_int8_vs_teacher_pytorch_b1_s128": _ratio(teacher_pt, student_int8),
         }
     return {
         "command": command,
@@ -72,6 +86,10 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
     }
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def to_markdown(summary: dict) -> str:
     host = summary["host"]
     teacher = summary["teacher"]
@@ -90,18 +108,23 @@ def to_markdown(summary: dict) -> str:
         f"{teacher['train_examples']} sentences: {teacher['finetuned_here']}); ONNX max |diff| "
         f"{summary['teacher_onnx_max_abs_diff']:.2e}",
         "",
-        "| student | dev accuracy | retained | agreement | params vs teacher | ONNX max abs diff | ONNX agreement | "
-        "p50 b1 s128 teacher PyTorch (ms) | p50 b1 s128 student ONNX (ms) | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| student | dev accuracy | retained | gain over twin | agreement | params vs teacher | ONNX max abs diff | "
+        "ONNX agreement | p50 b1 s128 teacher PyTorch (ms) | student ONNX fp32 (ms) | speed-up | "
+        "student INT8 (ms) | INT8 speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary["students"].items():
         lat = row["p50_ms_b1_s128"]
         speedup = row["speedup_onnx_vs_teacher_pytorch_b1_s128"]
+        int8 = row["speedup_int8_vs_teacher_pytorch_b1_s128"]
+        gain = row["gain_over_twin"]
         lines.append(
             f"| {name} | {row['accuracy']:.4f} | {row['retained_vs_teacher']:.2%} | "
+            f"{'n/a' if gain is None else f'{100 * gain:+.2f} points'} | "
             f"{row['agreement_with_teacher']:.4f} | {row['parameters_vs_teacher']:.2%} | "
             f"{row['onnx_max_abs_diff']:.2e} | {row['onnx_agreement_with_pytorch']} | "
-            f"{lat['teacher_pytorch']} | {lat['student_onnx_fp32']} | {speedup and f'{speedup:.2f}x'} |"
+            f"{_ms(lat['teacher_pytorch'])} | {_ms(lat['student_onnx_fp32'])} | {speedup and f'{speedup:.2f}x'} | "
+            f"{_ms(lat['student_onnx_int8'])} | {int8 and f'{int8:.2f}x'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -60,7 +60,8 @@ def cli() -> None:
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
     """Check CONFIG and report every problem at once."""
     cfg = _load(config, overrides)
-    click.echo(f"{config}: valid ({len(cfg.students)} student(s): {', '.join(s.name for s in cfg.students)})")
+    names = [s.name for s in cfg.trained_students()]
+    click.echo(f"{config}: valid ({len(names)} student(s) to train: {', '.join(names)})")
 
 
 def _stage_command(name: str, stages: tuple[str, ...], help_text: str) -> Callable[..., None]:
@@ -112,6 +113,16 @@ def predict(
     classifier = OnnxClassifier(bundle, model_file=model_file, threads=threads)
     for text, result in zip(texts, classifier.predict(list(texts), list(pairs) or None), strict=True):
         click.echo(json.dumps({"text": text, **result}))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write OUT.md and OUT.json.")
+def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+    """One table across finished RUN_DIRS: teacher, students and twins with intervals, latency and size."""
+    from distill.compare import write_comparison
+
+    click.echo(write_comparison(list(run_dirs), out), nl=False)
 
 
 def main() -> None:

@@ -296,6 +296,7 @@ class Config(Strict):
 
     task: str | None = "sst2"
     seed: int = 0
+    seeds: Annotated[list[int], Field(min_length=1)] | None = None
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()
     students: Annotated[list[StudentConfig], Field(min_length=1)]
@@ -324,6 +325,17 @@ class Config(Strict):
         if self.task is None and (self.data.text_column is None or self.data.label_column is None):
             raise ValueError("with task: null, set data.text_column and data.label_column")
         return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeats a seed")
+        return seeds
+
+    def student_seeds(self) -> list[int]:
+        """The seeds every student is trained with: ``seeds``, or ``[seed]`` when it is not set."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     def trained_students(self) -> list[DistilBertStudentConfig | TinyBertStudentConfig]:
         """Every student to train, each followed by its label-only twin when ``baseline`` is set."""

@@ -83,3 +83,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` over ``target`` atomically."""
+    atomic_write(target, lambda handle: handle.write(source.read_bytes()))

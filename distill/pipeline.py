@@ -74,9 +74,16 @@ class Run:
         c = self.config
         return fingerprint("teacher", c.task, c.seed, c.data.model_dump(mode="json"), c.teacher.model_dump(mode="json"))
 
-    def student_fingerprint(self, name: str) -> str:
+    def student_fingerprint(self, name: str, seed: int | None = None) -> str:
+        """The fingerprint of student ``name``: trained with ``seed``, or, with ``seed`` None, the finished student
+        (with several ``seeds``: the selection over every seed's run)."""
         student = next(s for s in self.config.trained_students() if s.name == name)
-        return fingerprint("student", self.teacher_fingerprint(), student.model_dump(mode="json"))
+        spec = student.model_dump(mode="json")
+        if self.config.seeds is None:  # one seed, config.seed (already in the teacher's fingerprint)
+            return fingerprint("student", self.teacher_fingerprint(), spec)
+        if seed is not None:
+            return fingerprint("student", self.teacher_fingerprint(), spec, seed)
+        return fingerprint("seeds", [self.student_fingerprint(name, s) for s in self.config.student_seeds()])
 
     def export_fingerprint(self) -> str:
         students = [self.student_fingerprint(s.name) for s in self.config.trained_students()]
@@ -191,35 +198,62 @@ def stage_teacher(run: Run) -> None:
 
 
 def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
-    """Train every configured student and label-only twin (or only ``names``) into ``RUN/students/NAME``."""
-    from distill.students import run_student_stage
+    """Train every configured student and label-only twin (or only ``names``) into ``RUN/students/NAME``.
+
+    With several ``seeds``, each seed trains into ``RUN/students/NAME/seeds/SEED`` (manifest key
+    ``student:NAME@SEED``), then the seed with the best dev metric is copied to ``RUN/students/NAME``.
+    """
+    from distill.students import run_student_stage, select_best_seed
 
     _require(run, "teacher", run.teacher_fingerprint(), "teacher")
     wanted = set(names) if names else None
+    seeds = run.config.student_seeds()
     for student in run.config.trained_students():
         if wanted is not None and student.name not in wanted:
             continue
         student_dir = run.run_dir / "students" / student.name
+        several = run.config.seeds is not None and len(seeds) > 1
+        for seed in seeds:
+            unit_dir = student_dir / "seeds" / str(seed) if several else student_dir
+            label = f"{student.name}@{seed}" if several else student.name
 
-        def work(student=student, student_dir=student_dir) -> dict[str, Any]:
-            record = run_student_stage(
-                run.config, student, run.data, run.run_dir / "teacher", student_dir, run.run_dir / "cache"
-            )
-            click.echo(
-                f"[student:{student.name}] dev {record['main_metric']} "
-                f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
-                f"{record['agreement_with_teacher']:.4f}"
-            )
-            return {"metrics": record["metrics"], "agreement_with_teacher": record["agreement_with_teacher"]}
+            def work(student=student, unit_dir=unit_dir, seed=seed, label=label) -> dict[str, Any]:
+                config = run.config.model_copy(update={"seed": seed})
+                record = run_student_stage(
+                    config, student, run.data, run.run_dir / "teacher", unit_dir, run.run_dir / "cache"
+                )
+                click.echo(
+                    f"[student:{label}] dev {record['main_metric']} "
+                    f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
+                    f"{record['agreement_with_teacher']:.4f}"
+                )
+                return {"metrics": record["metrics"], "agreement_with_teacher": record["agreement_with_teacher"]}
 
-        _run_stage(
-            run,
-            f"student:{student.name}",
-            run.student_fingerprint(student.name),
-            [student_dir / "eval.json"],
-            work,
-            clear=student_dir,
-        )
+            _run_stage(
+                run,
+                f"student:{label}",
+                run.student_fingerprint(student.name, seed if several else None),
+                [unit_dir / "eval.json"],
+                work,
+                clear=unit_dir,
+            )
+        if several:
+
+            def select(student=student, student_dir=student_dir) -> dict[str, Any]:
+                record = select_best_seed(student_dir, seeds, run.data.main_metric)
+                click.echo(
+                    f"[student:{student.name}] seed {record['selected_seed']} has the best dev "
+                    f"{record['main_metric']} of seeds {seeds}: its model is the one exported"
+                )
+                return {"selected_seed": record["selected_seed"], "metrics": record["metrics"]}
+
+            _run_stage(
+                run,
+                f"student:{student.name}",
+                run.student_fingerprint(student.name),
+                [student_dir / "eval.json"],
+                select,
+            )
 
 
 def _model_names(run: Run) -> list[str]:
@@ -320,6 +354,9 @@ def stage_report(run: Run) -> None:
     report = run.run_dir / "report.md"
 
     def work() -> dict[str, Any]:
+        from distill.compare import run_statistics
+
+        run_statistics(run.run_dir, run.data.validation["label"], run.data.metrics, seed=run.config.seed)
         path = write_report(run.run_dir)
         click.echo(f"[report] {path}")
         return {"report": str(path.relative_to(run.run_dir))}

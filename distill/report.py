@@ -334,6 +334,13 @@ def _students_section(run_dir: Path, view: RunView) -> list[str]:
     return [*lines, ""]
 
 
+def _statistics_section(run_dir: Path) -> list[str]:
+    from distill.compare import STATISTICS_FILE, statistics_section
+
+    statistics = _read_optional(run_dir / STATISTICS_FILE)
+    return statistics_section(statistics) if statistics else []
+
+
 STAGE1_TERMS = ("loss", "loss_emb", "loss_hidden", "loss_attention")
 """The stage-1 loss curves drawn in the report: total, embedding, mean hidden-state and mean attention MSE."""
 
@@ -509,6 +516,7 @@ def write_report(run_dir: Path) -> Path:
         *_replay_section(view),
         *_sweep_section(view),
         *_students_section(run_dir, view),
+        *_statistics_section(run_dir),
         *_stage1_section(run_dir),
         *_fidelity_section(run_dir, view),
         *_deployment_section(run_dir),

@@ -16,7 +16,7 @@ from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfi
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
 from distill.evaluate import evaluate_logits, predict_logits
-from distill.files import save_array, write_json
+from distill.files import copy_file, read_json, save_array, write_json
 from distill.mapping import hidden_state_pairs, select_layers
 from distill.metrics import agreement, predictions_from_logits
 from distill.objective import DistilBertObjective, LabelObjective
@@ -171,3 +171,28 @@ def run_student_stage(
     for work_dir in (student_dir, student_dir / "stage1", student_dir / "stage2"):
         remove_checkpoints(work_dir)
     return evaluation
+
+
+def seed_dirs(student_dir: Path) -> list[Path]:
+    """The per-seed run directories of a student trained with several seeds, or ``[student_dir]``."""
+    seeds = sorted((p for p in (student_dir / "seeds").glob("*") if (p / "eval.json").is_file()), key=lambda p: p.name)
+    return seeds or [student_dir]
+
+
+def select_best_seed(student_dir: Path, seeds: list[int], metric: str) -> dict[str, Any]:
+    """Copy the seed with the best dev ``metric`` (the first on ties) from ``student_dir/seeds/SEED`` into
+    ``student_dir``; its ``eval.json`` gains ``selected_seed`` and every seed's metrics. Returns that record."""
+    records = {seed: read_json(student_dir / "seeds" / str(seed) / "eval.json") for seed in seeds}
+    best = max(seeds, key=lambda seed: (records[seed]["metrics"][metric], -seeds.index(seed)))
+    source = student_dir / "seeds" / str(best)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name != "eval.json":
+            copy_file(path, student_dir / path.name)
+    record = {
+        **records[best],
+        "selected_seed": best,
+        "selection": f"best dev {metric} of seeds {seeds}",
+        "seeds": {str(seed): records[seed]["metrics"] for seed in seeds},
+    }
+    write_json(student_dir / "eval.json", record)
+    return record

@@ -117,7 +117,7 @@ def test_version():
 def test_validate_a_good_config(job, tmp_path):
     result = run_cli("validate", job, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{job}: valid (1 student(s): s2)"
+    assert result.stdout.strip() == f"{job}: valid (1 student(s) to train: s2)"
     assert result.stderr.strip() == ""
 
 

@@ -75,3 +75,44 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 5, rerun.stdout
+
+
+def test_tinybert_config_end_to_end_on_sst2_slice(tmp_path):
+    """The shipped TinyBERT job on a slice: both stages, the label-only twin, fused ONNX for a 312-wide student."""
+    run_dir = tmp_path / "run"
+    overrides = {
+        "data.train_limit": "1024",
+        "data.validation_limit": "128",
+        "data.max_length": "64",
+        "teacher.training.epochs": "1",
+        "teacher.training.learning_rate": "1e-4",
+        "students.0.intermediate.training.max_steps": "8",
+        "students.0.intermediate.training.logging_steps": "2",
+        "students.0.prediction.training.max_steps": "8",
+        "bench.batch_sizes": "[1]",
+        "bench.seq_lengths": "[32]",
+        "bench.iterations": "3",
+        "bench.thread_sweep": "false",
+        "bench.replay_batch_sizes": "[32]",
+    }
+    command = [sys.executable, "-m", "distill", "run", str(REPO_ROOT / "configs" / "sst2" / "tinybert.yaml")]
+    command += ["--run-dir", str(run_dir)] + [
+        arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=1500, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    recipe = json.loads((run_dir / "students" / "tiny4" / "distill.json").read_text())
+    assert recipe["architecture"]["hidden_size"] == 312 and recipe["layer_map"] == [0, 2, 3, 5]
+    student = json.loads((run_dir / "students" / "tiny4" / "eval.json").read_text())
+    twin = json.loads((run_dir / "students" / "tiny4-twin" / "eval.json").read_text())
+    assert student["parameters"] == twin["parameters"] < 0.65 * student["teacher_parameters"]
+    for name in ("tiny4", "tiny4-twin"):
+        fidelity = json.loads((run_dir / "onnx" / name / "fidelity.json").read_text())
+        assert fidelity["max_abs_diff"] <= 1e-4 and fidelity["agreement_with_pytorch"] == 1.0
+        assert fidelity["optimized"]["fused_ops"].get("Attention") == 4
+    report = (run_dir / "report.md").read_text()
+    assert "TinyBERT stage 1" in report and "| tiny4 | distill |" in report
+    assert (run_dir / "bench" / "stage1_losses.png").stat().st_size > 1000

@@ -1,0 +1,227 @@
+"""Evidence that distillation pays: per-run statistics (seeds, twins, teacher) and ``distill compare`` across runs.
+
+:func:`run_statistics` reads a run's dev-set logits (every seed of every student, its label-only twin, the teacher)
+and writes ``RUN/statistics.json``: for every student metric the mean, spread and 95% interval over seeds; the
+paired-bootstrap gain over its twin and over the teacher with 95% intervals; and a sentence saying whether the gain
+is real. :func:`compare_runs` puts several runs side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.errors import StageError
+from distill.files import read_json, write_json
+from distill.metrics import predictions_from_logits
+from distill.stats import paired_bootstrap, seed_interval, verdict
+
+STATISTICS_FILE = "statistics.json"
+TWIN_SUFFIX = "-twin"
+
+
+def _seed_dirs(student_dir: Path) -> list[Path]:
+    from distill.students import seed_dirs
+
+    return seed_dirs(student_dir)
+
+
+def _recipe(directory: Path) -> dict[str, Any]:
+    path = directory / "distill.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _predictions(directory: Path) -> np.ndarray:
+    return predictions_from_logits(np.load(directory / "dev_logits.npy"))
+
+
+def run_statistics(
+    run_dir: Path, labels: np.ndarray, metric_names: list[str], resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Statistics of every student in ``run_dir`` against its twin and the teacher; written to ``statistics.json``.
+
+    Args:
+        labels: the dev split's gold labels, in the order of every ``dev_logits.npy``.
+        metric_names: the task's metrics; the first is the one gains are measured in.
+    """
+    metric = metric_names[0]
+    labels = np.asarray(labels)
+    teacher_eval = read_json(run_dir / "teacher" / "eval.json")
+    teacher_predictions = [_predictions(run_dir / "teacher")]
+    students: dict[str, Any] = {}
+    for student_dir in sorted(path.parent for path in (run_dir / "students").glob("*/eval.json")):
+        name = student_dir.name
+        seeds = _seed_dirs(student_dir)
+        evaluations = [read_json(path / "eval.json") for path in seeds]
+        predictions = [_predictions(path) for path in seeds]
+        entry: dict[str, Any] = {
+            "objective": evaluations[0].get("objective", "distill"),
+            "seeds": [str(_recipe(path).get("seed", path.name)) for path in seeds],
+            "selected_seed": read_json(student_dir / "eval.json").get("selected_seed"),
+            "metrics": {
+                name_: seed_interval([e["metrics"][name_] for e in evaluations]).to_dict()
+                for name_ in metric_names
+                if all(name_ in e["metrics"] for e in evaluations)
+            },
+        }
+        teacher_metric = teacher_eval["metrics"][metric]
+        entry["retained_vs_teacher"] = entry["metrics"][metric]["mean"] / teacher_metric if teacher_metric else None
+        versus_teacher = paired_bootstrap(predictions, teacher_predictions, labels, metric, resamples, seed=seed)
+        entry["vs_teacher"] = {**versus_teacher.to_dict(), "verdict": verdict("the student", versus_teacher)}
+        twin_dir = run_dir / "students" / f"{name}{TWIN_SUFFIX}"
+        if not name.endswith(TWIN_SUFFIX) and (twin_dir / "eval.json").is_file():
+            twin_predictions = [_predictions(path) for path in _seed_dirs(twin_dir)]
+            gain = paired_bootstrap(predictions, twin_predictions, labels, metric, resamples, seed=seed)
+            entry["twin"] = twin_dir.name
+            entry["gain_over_twin"] = {**gain.to_dict(), "verdict": verdict("distillation", gain)}
+        students[name] = entry
+    statistics = {
+        "metric": metric,
+        "dev_examples": int(labels.shape[0]),
+        "bootstrap_resamples": resamples,
+        "teacher": {"metrics": teacher_eval["metrics"]},
+        "students": students,
+        "method": "metric over seeds: mean, sample std, Student-t 95% interval; gains: paired bootstrap over dev "
+        "examples of the seed-averaged metric difference, 95% percentile interval",
+    }
+    write_json(run_dir / STATISTICS_FILE, statistics)
+    return statistics
+
+
+def _points(value: dict[str, Any], scale: float = 100.0) -> str:
+    return f"{scale * value['estimate']:+.2f} ({scale * value['low']:+.2f} to {scale * value['high']:+.2f})"
+
+
+def _summary(value: dict[str, Any]) -> str:
+    interval = value["interval"]
+    if len(value["values"]) == 1:
+        return f"{value['mean']:.4f}"
+    return f"{value['mean']:.4f} ± {value['std']:.4f} (95% {interval['low']:.4f} to {interval['high']:.4f})"
+
+
+def statistics_section(statistics: dict[str, Any]) -> list[str]:
+    """The report's "does distillation pay" section: every student beside its twin, with intervals and verdicts."""
+    metric = statistics["metric"]
+    lines = [
+        "## Does distillation pay?",
+        "",
+        f"Dev {metric} over seeds (mean ± standard deviation, 95% interval of the mean) and paired-bootstrap 95% "
+        f"intervals over the {statistics['dev_examples']} dev examples ({statistics['bootstrap_resamples']} "
+        "resamples) for the difference against the label-only twin and against the teacher, in points.",
+        "",
+        f"| student | seeds | dev {metric} | gain over twin | vs teacher | retained |",
+        "|---|---|---|---|---|---|",
+    ]
+    sentences = []
+    for name, entry in statistics["students"].items():
+        gain = entry.get("gain_over_twin")
+        retained = entry.get("retained_vs_teacher")
+        lines.append(
+            f"| {name} | {', '.join(entry['seeds'])} | {_summary(entry['metrics'][metric])} | "
+            f"{_points(gain) if gain else 'n/a'} | {_points(entry['vs_teacher'])} | "
+            f"{'?' if retained is None else f'{retained:.1%}'} |"
+        )
+        if gain:
+            sentences.append(f"- `{name}` vs its twin `{entry['twin']}`: {gain['verdict']}.")
+        if entry.get("selected_seed") is not None:
+            sentences.append(f"- `{name}`: the exported model is seed {entry['selected_seed']}, the best on dev.")
+    return [*lines, "", *sentences, ""]
+
+
+def _deployed_row(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    from distill.runtime import MODEL_FILES
+
+    preference = list(MODEL_FILES.values())  # fastest first
+    rows = [r for r in results["artifacts"] if r["name"] == name and r["runtime"] == "onnxruntime"]
+    return min(rows, key=lambda r: preference.index(r["precision"])) if rows else None
+
+
+def _p50(results: dict[str, Any], row: dict[str, Any], batch: int, seq: int) -> float | None:
+    for point in results["latency"]:
+        if (point["name"], point["runtime"], point["precision"], point["batch"], point["seq"]) == (
+            row["name"], row["runtime"], row["precision"], batch, seq,
+        ):  # fmt: skip
+            return point["p50_ms"]
+    return None
+
+
+def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
+    """One table across runs: teacher, every student and twin, with intervals, deployed latency and size."""
+    rows = []
+    for run_dir in run_dirs:
+        statistics_path, results_path = run_dir / STATISTICS_FILE, run_dir / "bench" / "results.json"
+        for path, command in ((statistics_path, "report"), (results_path, "bench")):
+            if not path.is_file():
+                raise StageError(
+                    f"{path} does not exist; run `distill {command}` (or `distill run`) on {run_dir} first"
+                )
+        statistics, results = read_json(statistics_path), read_json(results_path)
+        metric = statistics["metric"]
+        batch = min(point["batch"] for point in results["latency"])
+        seq = max(point["seq"] for point in results["latency"] if point["batch"] == batch)
+        teacher = next(r for r in results["artifacts"] if r["role"] == "teacher" and r["runtime"] == "pytorch")
+        rows.append(
+            {
+                "run": str(run_dir),
+                "model": "teacher",
+                "metric": metric,
+                "value": statistics["teacher"]["metrics"][metric],
+                "artifact": "pytorch fp32",
+                "p50_ms": _p50(results, teacher, batch, seq),
+                "size_mb": teacher["size_bytes"] / 1e6,
+            }
+        )
+        for name, entry in statistics["students"].items():
+            deployed = _deployed_row(results, name)
+            rows.append(
+                {
+                    "run": str(run_dir),
+                    "model": name,
+                    "metric": metric,
+                    "value": entry["metrics"][metric]["mean"],
+                    "seeds": entry["seeds"],
+                    "summary": entry["metrics"][metric],
+                    "gain_over_twin": entry.get("gain_over_twin"),
+                    "vs_teacher": entry["vs_teacher"],
+                    "artifact": f"onnx {deployed['precision']}" if deployed else None,
+                    "p50_ms": _p50(results, deployed, batch, seq) if deployed else None,
+                    "size_mb": deployed["size_bytes"] / 1e6 if deployed else None,
+                }
+            )
+    return {"rows": rows}
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    lines = [
+        "| run | model | dev metric (mean ± sd, 95% interval) | gain over twin, points (95%) "
+        "| vs teacher, points (95%) | deployed artifact | p50 ms (b1, longest seq) | size MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison["rows"]:
+        value = _summary(row["summary"]) if "summary" in row else f"{row['value']:.4f}"
+        gain = row.get("gain_over_twin")
+        versus = row.get("vs_teacher")
+        lines.append(
+            f"| {Path(row['run']).name} | {row['model']} | {row['metric']} {value} | "
+            f"{_points(gain) if gain else ''} | {_points(versus) if versus else ''} | {row['artifact'] or 'n/a'} | "
+            f"{_number(row['p50_ms'], 2)} | {_number(row['size_mb'], 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(run_dirs: list[Path], out: Path | None) -> str:
+    """Compare ``run_dirs``; write ``OUT.md`` and ``OUT.json`` when ``out`` is given. Returns the Markdown."""
+    comparison = compare_runs(run_dirs)
+    markdown = comparison_markdown(comparison)
+    if out is not None:
+        from distill.files import write_text
+
+        write_json(out.with_suffix(".json"), comparison)
+        write_text(out.with_suffix(".md"), markdown)
+    return markdown
