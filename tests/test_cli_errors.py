@@ -94,6 +94,9 @@ def test_every_command_has_working_help(name):
     if name == "predict":
         assert "BUNDLE TEXTS" in result.output and "--pair" in result.output
         return
+    if name == "compare":
+        assert "RUN_DIRS..." in result.output and "--out" in result.output
+        return
     if name != "validate":
         assert "--run-dir" in result.output
     assert "--set" in result.output

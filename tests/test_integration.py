@@ -50,6 +50,10 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
     assert teacher["metrics"]["accuracy"] > teacher["majority_baseline"]["accuracy"] + 0.05
     student = json.loads((run_dir / "students" / "distil3" / "eval.json").read_text())
     assert 0.0 < student["metrics"]["accuracy"] <= 1.0 and student["parameters"] < student["teacher_parameters"]
+    twin = json.loads((run_dir / "students" / "distil3-twin" / "eval.json").read_text())
+    assert twin["objective"] == "labels" and twin["parameters"] == student["parameters"]
+    statistics = json.loads((run_dir / "statistics.json").read_text())
+    assert statistics["dev_examples"] == 256 and "verdict" in statistics["students"]["distil3"]["gain_over_twin"]
     for name in ("teacher", "distil3"):
         fidelity = json.loads((run_dir / "onnx" / name / "fidelity.json").read_text())
         assert fidelity["max_abs_diff"] <= 1e-4
@@ -74,7 +78,7 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
     rerun = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
-    assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 5, rerun.stdout
+    assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 6, rerun.stdout  # 4 stages + 2 students
 
 
 def test_tinybert_config_end_to_end_on_sst2_slice(tmp_path):
