@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from distill.cache import file_digest
 from distill.config import AugmentationConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
@@ -167,14 +168,6 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def augment_training_set(
     data: TaskData,
     teacher: PreTrainedModel,
@@ -192,7 +185,7 @@ def augment_training_set(
     """
     rows = _source_rows(data.train)
     weights = sorted(teacher_dir.glob("*.safetensors"))
-    key = _digest("augment", rows, [_file_digest(p) for p in weights], cfg.model_dump(), seed, max_length)
+    key = _digest("augment", rows, file_digest(*weights), cfg.model_dump(), seed, max_length)
     target = cache_dir / f"augment-{key}"
     if (target / "record.json").is_file():
         record = read_json(target / "record.json")

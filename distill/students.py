@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from distill.cache import with_teacher_logits
 from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
@@ -57,8 +58,18 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
+def logits_only(objective: Any) -> bool:
+    """Whether ``objective`` needs the teacher's logits and nothing else from it (so they can be cached)."""
+    return bool(objective.needs_teacher and not objective.needs_hidden_states and not objective.needs_attentions)
+
+
 def _train_distilbert(
-    config: Config, spec: DistilBertStudentConfig, data: TaskData, teacher_dir: Path, student_dir: Path
+    config: Config,
+    spec: DistilBertStudentConfig,
+    data: TaskData,
+    teacher_dir: Path,
+    student_dir: Path,
+    cache_dir: Path,
 ) -> tuple[Any, PreTrainedModel, dict[str, Any]]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
@@ -78,9 +89,13 @@ def _train_distilbert(
             alpha_cos=spec.alpha_cos,
         )
         weights = {"kd": spec.alpha_kd, "ce": spec.alpha_ce, "cos": spec.alpha_cos}
+    train_set = tokenize(data.train, tokenizer, config.data.max_length)
+    teacher_logits = {"teacher_logits": "none" if not objective.needs_teacher else "online"}
+    if logits_only(objective):
+        train_set, teacher_logits = with_teacher_logits(train_set, teacher, teacher_dir, tokenizer, cache_dir)
     result = train_model(
         student,
-        tokenize(data.train, tokenizer, config.data.max_length),
+        train_set,
         tokenize(data.validation, tokenizer, config.data.max_length),
         tokenizer,
         spec.training,
@@ -98,6 +113,7 @@ def _train_distilbert(
         else f"loss weights {weights}, temperature {spec.temperature} (KL(teacher_T || student_T) x T^2)"
     )
     record = {
+        **teacher_logits,
         "description": [
             f"Recipe: DistilBERT-style, {spec.num_layers} layers from teacher layers {layer_map}; {trained}.",
             f"Training: {budget}",
@@ -131,7 +147,7 @@ def run_student_stage(
 
         result, teacher, record = train_tinybert(config, spec, data, teacher_dir, student_dir, cache_dir)
     else:
-        result, teacher, record = _train_distilbert(config, spec, data, teacher_dir, student_dir)
+        result, teacher, record = _train_distilbert(config, spec, data, teacher_dir, student_dir, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     training = spec.prediction.training if spec.recipe == "tinybert" else spec.training

@@ -26,6 +26,7 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from distill.cache import with_teacher_logits
 from distill.config import Config, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
@@ -361,8 +362,11 @@ def train_tinybert(
         alpha_ce=stage2.alpha_ce,
         alpha_cos=0.0,
     )
+    stage2_set, record["stage2_teacher_logits"] = with_teacher_logits(
+        train_set, teacher, teacher_dir, tokenizer, cache_dir
+    )
     result = train_model(
-        student, train_set, validation, tokenizer, stage2.training, student_dir / "stage2", data.metrics,
+        student, stage2_set, validation, tokenizer, stage2.training, student_dir / "stage2", data.metrics,
         config.seed, objective2, teacher=teacher,
     )  # fmt: skip
     record["loss"] = {

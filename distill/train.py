@@ -28,12 +28,17 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.integrations import TensorBoardCallback
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distill.config import TrainingConfig
 from distill.files import atomic_dir, read_json, write_json
 from distill.losses import hard_label_loss
 from distill.metrics import compute_metrics, predictions_from_logits
+
+TEACHER_LOGITS = "teacher_logits"
+"""Optional training-set column of precomputed teacher logits; used instead of running the teacher when the
+objective needs nothing but logits from it."""
 
 
 class DistillationTrainer(Trainer):
@@ -57,9 +62,11 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         if not model.training:
+            inputs.pop(TEACHER_LOGITS, None)
             outputs = model(**inputs)
             loss = hard_label_loss(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
+        cached_logits = inputs.pop(TEACHER_LOGITS, None)
         wanted = {
             "output_hidden_states": self.objective.needs_hidden_states,
             "output_attentions": self.objective.needs_attentions,
@@ -67,9 +74,12 @@ class DistillationTrainer(Trainer):
         student_outputs = model(**inputs, **wanted)
         teacher_outputs = None
         if self.objective.needs_teacher:
-            assert self.teacher is not None, "this objective needs a teacher"
-            with torch.no_grad():
-                teacher_outputs = self.teacher(**inputs, **wanted)
+            if cached_logits is not None and not (wanted["output_hidden_states"] or wanted["output_attentions"]):
+                teacher_outputs = SequenceClassifierOutput(logits=cached_logits.to(student_outputs.logits.dtype))
+            else:
+                assert self.teacher is not None, "this objective needs a teacher"
+                with torch.no_grad():
+                    teacher_outputs = self.teacher(**inputs, **wanted)
         loss, terms = self.objective(student_outputs, teacher_outputs, labels, inputs["attention_mask"])
         for name, value in terms.items():
             self._term_sums[name] += float(value)
@@ -205,6 +215,7 @@ def train_model(
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,  # keep the teacher-logit column; our datasets hold model inputs only
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,

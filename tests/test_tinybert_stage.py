@@ -69,6 +69,7 @@ def test_tinybert_student_and_twin(tmp_path, config_path):
     assert recipe["layer_map"] == [1, 3] and recipe["init"]["init"] == "truncate"
     assert recipe["intermediate"]["hidden_state_pairs"] == [[0, 0], [1, 2], [2, 4]]
     assert recipe["loss"]["weights"] == {"kd": 1.0, "ce": 0.0}
+    assert recipe["stage2_teacher_logits"]["teacher_logits"] == "cached"  # stage 2 needs only the teacher's logits
     assert json.loads((twin / "distill.json").read_text())["objective"] == "labels"
 
     # per-layer stage-1 terms are logged, and the stage-1 loss falls (teacher heads 4 -> student heads 2: grouped)

@@ -1,0 +1,75 @@
+"""Teacher logits computed once per (teacher weights, tokenised training inputs) and kept on disk.
+
+Prediction-layer distillation (logit KD with no hidden-state or attention term) needs nothing from the teacher
+but its logits on each training example, and the teacher is frozen and run in eval mode, so they are the same in
+every epoch and for every student. They are computed once, in length-sorted batches, saved as
+``RUN/cache/teacher-logits-KEY.npy`` and attached to the training set as a column; a change of teacher weights,
+data, tokenizer or ``max_length`` changes the key. Intermediate-layer objectives (DistilBERT's cosine term,
+TinyBERT's stage 1) need the teacher's hidden states and attention maps, which are too large to store for every
+example (for SST-2 and MiniLM-L6, about 67k x 7 x seq x 384 floats), so they run the teacher online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.evaluate import MODEL_INPUTS, predict_logits
+from distill.files import save_array
+from distill.train import TEACHER_LOGITS
+
+
+def file_digest(*paths: Path) -> str:
+    """SHA-256 (16 hex digits) over the bytes of ``paths``, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def inputs_digest(dataset: Dataset) -> str:
+    """SHA-256 (16 hex digits) over every model-input column of a tokenised dataset, row by row."""
+    digest = hashlib.sha256()
+    for column in (c for c in MODEL_INPUTS if c in dataset.column_names):
+        digest.update(column.encode())
+        for row in dataset[column]:
+            digest.update(np.asarray(row, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def with_teacher_logits(
+    train_set: Dataset,
+    teacher: PreTrainedModel,
+    teacher_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cache_dir: Path,
+    batch_size: int = 128,
+) -> tuple[Dataset, dict[str, Any]]:
+    """``train_set`` with a ``teacher_logits`` column, read from the cache or computed and cached.
+
+    Returns the dataset and a record (cache file, hit or miss) for ``distill.json``.
+    """
+    weights = sorted(teacher_dir.glob("*.safetensors"))
+    key = hashlib.sha256(f"{file_digest(*weights)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
+    path = cache_dir / f"teacher-logits-{key}.npy"
+    hit = path.is_file()
+    if hit:
+        logits = np.load(path)
+    else:
+        logits = predict_logits(teacher, train_set, tokenizer, batch_size, desc="teacher logits (cached once)")
+        save_array(path, logits)
+    if TEACHER_LOGITS in train_set.column_names:
+        train_set = train_set.remove_columns(TEACHER_LOGITS)
+    return train_set.add_column(TEACHER_LOGITS, logits.tolist()), {
+        "teacher_logits": "cached",
+        "cache_file": str(path),
+        "cache": "hit" if hit else "miss",
+    }
