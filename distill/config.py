@@ -44,6 +44,7 @@ class TrainingConfig(Strict):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     save_steps: PositiveInt = 200
     logging_steps: PositiveInt = 25
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class DataConfig(Strict):

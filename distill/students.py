@@ -179,6 +179,7 @@ def run_student_stage(
             "teacher": str(teacher_dir),
             **record,
             "seed": config.seed,
+            "precision": result.precision,
             "resumed_from": result.resumed_from,
             "history": result.history,
         },

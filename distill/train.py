@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 from datasets import Dataset
@@ -136,6 +137,7 @@ class TrainResult:
     best: dict[str, Any]
     history: list[dict[str, Any]]
     resumed_from: str | None
+    precision: str = "fp32"
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -168,6 +170,34 @@ def _metrics_fn(metric_names: list[str]):
     return compute
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags under which bf16 autocast is faster than fp32 (without them it is emulated and slower)."""
+
+
+def resolve_precision(requested: str) -> tuple[bool, str]:
+    """Whether to train in bf16 autocast, and a sentence saying what was used and why.
+
+    bf16 is used when asked for and supported: on a CUDA device that supports it, or on a CPU with AVX512-BF16
+    or AMX-BF16; otherwise training falls back to fp32 and the sentence says so.
+    """
+    if requested != "bf16":
+        return False, "fp32"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return True, f"bf16 autocast on {torch.cuda.get_device_name()}"
+        return False, f"fp32: bf16 was requested but {torch.cuda.get_device_name()} does not support it"
+    from distill.bench import host_info
+
+    flags = host_info()["cpu_flags"]
+    present = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    if present:
+        return True, f"bf16 autocast on CPU ({', '.join(present)})"
+    return False, (
+        "fp32: bf16 was requested but this CPU has neither AVX512-BF16 nor AMX-BF16 "
+        f"(flags: {', '.join(flags) or 'unknown'}), where bf16 would be emulated and slower"
+    )
+
+
 def train_model(
     model: PreTrainedModel,
     train_set: Dataset,
@@ -193,6 +223,9 @@ def train_model(
         select_best: evaluate each epoch and return the best checkpoint; when False (objectives that do not train
             the classifier, such as TinyBERT's stage 1), skip evaluation and return the trained ``model`` itself.
     """
+    use_bf16, precision = resolve_precision(training.precision)
+    if training.precision == "bf16" and not use_bf16:
+        click.echo(f"note: training in {precision}", err=True)
     checkpoint_dir = work_dir / "checkpoints"
     log_dir = work_dir / "logs"
     best_dir = checkpoint_dir / "best"
@@ -215,7 +248,8 @@ def train_model(
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,  # keep the teacher-logit column; our datasets hold model inputs only
+        remove_unused_columns=False,
+        bf16=use_bf16,  # keep the teacher-logit column; our datasets hold model inputs only
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
@@ -247,7 +281,7 @@ def train_model(
     best = read_json(best_dir / "best.json")
     best_model = AutoModelForSequenceClassification.from_pretrained(best_dir)
     history = list(trainer.state.log_history)
-    return TrainResult(model=best_model, best=best, history=history, resumed_from=last_checkpoint)
+    return TrainResult(best_model, best, history, last_checkpoint, precision)
 
 
 def remove_checkpoints(work_dir: Path) -> None:
