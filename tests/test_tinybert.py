@@ -294,3 +294,17 @@ def test_twin_name_clash_is_refused():
     raw["students"].append({"name": "tiny-twin"})
     with pytest.raises(ConfigError, match="repeated: \\['tiny-twin'\\]"):
         config_from_dict(raw)
+
+
+def test_head_count_that_does_not_divide_the_teachers_is_refused_before_training(tmp_path):
+    from distill.config import config_from_dict
+    from distill.tinybert import train_tinybert
+    from tests.conftest import make_tiny_bert, tiny_task
+
+    teacher_dir = make_tiny_bert(tmp_path / "teacher", num_layers=2)  # 4 heads
+    data = tiny_task(tmp_path / "data", dev_rows=4)
+    raw = raw_with({"name": "t", "recipe": "tinybert", "num_layers": 1, "hidden_size": 24, "num_attention_heads": 3})
+    config = config_from_dict(raw)
+    with pytest.raises(StudentError, match="teacher's 4 heads do not split evenly into the student's 3"):
+        train_tinybert(config, config.students[0], data, teacher_dir, tmp_path / "student", tmp_path / "cache")
+    assert not (tmp_path / "student").exists()
