@@ -44,6 +44,7 @@ QUANTIZABLE_OPS = ("MatMul", "Attention", "Gemm")
 INT8_FALLBACKS = (
     "as configured",
     "per-channel weights",
+    "fused attention kept in fp32",
     "first and last layers kept in fp32",
     "unoptimised fp32 graph as source",
 )
@@ -59,6 +60,7 @@ class Int8Attempt:
     per_channel: bool
     reduce_range: bool
     exclude_first_last: bool
+    exclude_op_types: tuple[str, ...] = ()
 
 
 def fidelity_against(
@@ -167,7 +169,8 @@ def quantize_int8(
             except Exception:
                 quant_pre_process(source, str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         exclude = _excluded_nodes(prepared, num_layers) if attempt.exclude_first_last else []
-        op_types = [op for op in QUANTIZABLE_OPS if op not in settings.exclude_op_types]
+        skipped = {*settings.exclude_op_types, *attempt.exclude_op_types}
+        op_types = [op for op in QUANTIZABLE_OPS if op not in skipped]
         common = dict(
             per_channel=attempt.per_channel,
             reduce_range=attempt.reduce_range,
@@ -189,14 +192,21 @@ def quantize_int8(
 
 
 def _attempts(settings: Int8Config, optimized: Path | None, fp32: Path) -> list[Int8Attempt]:
-    source = optimized or fp32
-    first = Int8Attempt(INT8_FALLBACKS[0], source, settings.per_channel, settings.reduce_range, False)
+    """The settings of :data:`INT8_FALLBACKS` that apply, in order.
+
+    The fused-attention fallback quantises the feed-forward and projection matrices but keeps ORT's fused
+    ``Attention`` op (query/key/value projections and scores) in fp32; it applies only to an optimised graph.
+    """
+    first = Int8Attempt(INT8_FALLBACKS[0], optimized or fp32, settings.per_channel, settings.reduce_range, False)
     attempts = [first]
     if not settings.per_channel:
         attempts.append(replace(first, label=INT8_FALLBACKS[1], per_channel=True))
-    attempts.append(replace(attempts[-1], label=INT8_FALLBACKS[2], exclude_first_last=True))
+    weights = attempts[-1]
+    if optimized is not None and "Attention" not in settings.exclude_op_types:
+        attempts.append(replace(first, label=INT8_FALLBACKS[2], exclude_op_types=("Attention",)))
+    attempts.append(replace(weights, label=INT8_FALLBACKS[3], exclude_first_last=True))
     if optimized is not None:
-        attempts.append(replace(attempts[-1], label=INT8_FALLBACKS[3], source=fp32))
+        attempts.append(replace(attempts[-1], label=INT8_FALLBACKS[4], source=fp32))
     return attempts
 
 
@@ -261,6 +271,7 @@ def optimize_bundle(
                     "source": attempt.source.name,
                     "per_channel": attempt.per_channel,
                     "excluded_first_last": attempt.exclude_first_last,
+                    "excluded_op_types": [*cfg.int8.exclude_op_types, *attempt.exclude_op_types],
                     "passed": passed,
                     **check,
                 }

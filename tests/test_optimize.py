@@ -183,3 +183,22 @@ def test_quantisation_leaves_no_scratch_files_in_the_working_directory(exported,
     record = optimize_bundle(bundle, cfg, rows, labels, ["accuracy"], calibration=rows[:8])
     assert record["int8"]["kept"]
     assert list(workdir.iterdir()) == [], "ORT's shape inference must not dump files where the user runs distill"
+
+
+def test_fused_attention_fallback_keeps_attention_in_fp32_and_quantises_the_rest(exported, tmp_path):
+    import onnx
+
+    from distill.optimize import Int8Attempt, quantize_int8
+
+    bundle, rows, labels = exported
+    bundle = fresh_copy(bundle, tmp_path)
+    optimize_bundle(bundle, EXPORT.model_copy(update={"int8": Int8Config(enabled=False)}), rows, labels, ["accuracy"])
+    ops = {}
+    for label, excluded in (("all", ()), ("attention fp32", ("Attention",))):
+        target = tmp_path / f"{label}.onnx"
+        attempt = Int8Attempt(label, bundle / OPTIMIZED_FILE, False, False, False, excluded)
+        quantize_int8(attempt, target, Int8Config(), 4, [])
+        ops[label] = [node.op_type for node in onnx.load(str(target)).graph.node]
+    assert ops["all"].count("QAttention") == 4 and "Attention" not in ops["all"]
+    assert ops["attention fp32"].count("Attention") == 4 and "QAttention" not in ops["attention fp32"]
+    assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops["attention fp32"])

@@ -1,0 +1,59 @@
+"""Redo the export, bench and report stages of a finished run with the current code, keeping its trained models.
+
+Usage:
+    python benchmarks/rebench.py CONFIG --run-dir DIR [--set KEY=VALUE ...] [--out benchmarks/results/NAME]
+
+For re-measuring after a change to export, quantisation or benchmarking: the teacher and students are taken as
+they are in DIR (their manifest fingerprints are trusted even if the current code would compute others, for
+example after a new config field with a default was added), and the three downstream stages are recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from distill.config import load_config
+from distill.files import write_json, write_text
+from distill.pipeline import Run, open_run, stage_bench, stage_export, stage_report
+
+
+class TrainedRun(Run):
+    """A run whose teacher and student fingerprints are the ones recorded in its manifest."""
+
+    def teacher_fingerprint(self) -> str:
+        return self.manifest["stages"]["teacher"]["fingerprint"]
+
+    def student_fingerprint(self, name: str, seed: int | None = None) -> str:
+        key = f"student:{name}" if seed is None else f"student:{name}@{seed}"
+        return self.manifest["stages"][key]["fingerprint"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, help="also write the sst2_pipeline.py summary to OUT.json / OUT.md")
+    args = parser.parse_args()
+    opened = open_run(load_config(args.config, args.overrides), args.run_dir)
+    run = TrainedRun(config=opened.config, run_dir=opened.run_dir, manifest=opened.manifest)
+    for key in ("export", "bench", "report"):
+        run.manifest["stages"].pop(key, None)
+    run.save_manifest()
+    started = time.time()
+    for stage in (stage_export, stage_bench, stage_report):
+        stage(run)
+    if args.out:
+        from benchmarks.sst2_pipeline import summarise, to_markdown
+
+        summary = summarise(args.run_dir, " ".join(["python", *sys.argv]), time.time() - started)
+        write_json(args.out.with_suffix(".json"), summary)
+        write_text(args.out.with_suffix(".md"), to_markdown(summary))
+        print(to_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
