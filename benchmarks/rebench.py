@@ -47,7 +47,7 @@ def main() -> None:
     for stage in (stage_export, stage_bench, stage_report):
         stage(run)
     if args.out:
-        from benchmarks.sst2_pipeline import summarise, to_markdown
+        from sst2_pipeline import summarise, to_markdown  # this folder is on sys.path when run as a script
 
         summary = summarise(args.run_dir, " ".join(["python", *sys.argv]), time.time() - started)
         write_json(args.out.with_suffix(".json"), summary)
