@@ -155,13 +155,16 @@ def main() -> None:
         f"Host: {result['host']['cpu']}, {result['host']['available_cores']} cores, flags "
         f"{', '.join(result['host']['cpu_flags'])}; one process.",
         "",
-        "| mode | precision used | samples/s | time per sample vs label-only student | peak RSS (MB) |",
-        "|---|---|---|---|---|",
+        "| mode | precision asked | precision used | samples/s | time per sample vs label-only student | "
+        "peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| {r['mode']} | {r['precision_used']} | {r['samples_per_second']:.1f} | "
-            f"{r['time_per_sample_vs_student_labels']:.2f}x | {r['peak_rss_mb']:.0f} |"
+            f"| {r['mode']} | {r['precision_requested']} | {r['precision_used'].split(':')[0]} | "
+            f"{r['samples_per_second']:.1f} | {r['time_per_sample_vs_student_labels']:.2f}x | {r['peak_rss_mb']:.0f} |"
             for r in rows
         ),
+        "",
+        *sorted({f"- {r['precision_used']}" for r in rows if ":" in r["precision_used"]}),
     ]
     if args.out:
         write_json(args.out.with_suffix(".json"), result)

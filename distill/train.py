@@ -273,9 +273,7 @@ def train_model(
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     trainer.train(resume_from_checkpoint=last_checkpoint)
     if not select_best:
-        return TrainResult(
-            model=trainer.model, best={}, history=list(trainer.state.log_history), resumed_from=last_checkpoint
-        )
+        return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
     if not (best_dir / "best.json").is_file():
         trainer.evaluate()
     best = read_json(best_dir / "best.json")
