@@ -11,12 +11,10 @@ example after a new config field with a default was added), and the three downst
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from distill.config import load_config
-from distill.files import write_json, write_text
 from distill.pipeline import Run, open_run, stage_bench, stage_export, stage_report
 
 
@@ -47,12 +45,9 @@ def main() -> None:
     for stage in (stage_export, stage_bench, stage_report):
         stage(run)
     if args.out:
-        from sst2_pipeline import summarise, to_markdown  # this folder is on sys.path when run as a script
+        from sst2_pipeline import write_summary  # this folder is on sys.path when run as a script
 
-        summary = summarise(args.run_dir, " ".join(["python", *sys.argv]), time.time() - started)
-        write_json(args.out.with_suffix(".json"), summary)
-        write_text(args.out.with_suffix(".md"), to_markdown(summary))
-        print(to_markdown(summary))
+        write_summary(args.run_dir, args.out, time.time() - started)
 
 
 if __name__ == "__main__":

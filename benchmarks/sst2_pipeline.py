@@ -129,6 +129,14 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_summary(run_dir: Path, out: Path, wall_seconds: float | None) -> None:
+    """Summarise ``run_dir`` into ``OUT.json`` and ``OUT.md`` (the command is this process's command line)."""
+    summary = summarise(run_dir, " ".join(["python", *sys.argv]), wall_seconds)
+    write_json(out.with_suffix(".json"), summary)
+    write_text(out.with_suffix(".md"), to_markdown(summary))
+    print(to_markdown(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
@@ -138,10 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     run_pipeline(load_config(args.config, args.overrides), args.run_dir)
-    summary = summarise(args.run_dir, " ".join(["python", *sys.argv]), time.time() - started)
-    write_json(args.out.with_suffix(".json"), summary)
-    write_text(args.out.with_suffix(".md"), to_markdown(summary))
-    print(to_markdown(summary))
+    write_summary(args.run_dir, args.out, time.time() - started)
 
 
 if __name__ == "__main__":
