@@ -15,8 +15,6 @@ settings.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.cache import file_digest
 from distill.config import AugmentationConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
 from distill.evaluate import predict_logits
-from distill.files import atomic_dir, read_json, write_json
+from distill.files import atomic_dir, fingerprint, read_json, weights_digest, write_json
 
 TEXT_COLUMNS = ("text", "text_pair")
 
@@ -164,10 +161,6 @@ def augment_rows(
     return augmented, sources
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def augment_training_set(
     data: TaskData,
     teacher: PreTrainedModel,
@@ -184,8 +177,7 @@ def augment_training_set(
     and the seed; a cache hit skips the work.
     """
     rows = _source_rows(data.train)
-    weights = sorted(teacher_dir.glob("*.safetensors"))
-    key = _digest("augment", rows, file_digest(*weights), cfg.model_dump(), seed, max_length)
+    key = fingerprint("augment", rows, weights_digest(teacher_dir), cfg.model_dump(), seed, max_length)
     target = cache_dir / f"augment-{key}"
     if (target / "record.json").is_file():
         record = read_json(target / "record.json")

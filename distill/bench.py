@@ -267,6 +267,14 @@ def _runner_with_threads(artifact: Artifact, run: Runner, threads: int) -> Runne
     return lambda feeds: session.run(None, feeds)
 
 
+def deployed_artifact(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The artifact row of ``name``'s deployed model: its fastest ONNX file present, as ``distill predict``
+    chooses (None when it has no ONNX rows)."""
+    preference = list(MODEL_FILES.values())  # fastest first
+    candidates = [row for row in rows if row["name"] == name and row["runtime"] == "onnxruntime"]
+    return min(candidates, key=lambda row: preference.index(row["precision"])) if candidates else None
+
+
 def gate_failures(results: dict[str, Any], gates: Any) -> list[str]:
     """Every CI gate that a student's deployed artifact fails, as sentences (empty when all pass or none is set).
 
@@ -294,12 +302,10 @@ def gate_failures(results: dict[str, Any], gates: Any) -> list[str]:
         )
 
     failures = []
-    preference = list(MODEL_FILES.values())  # fastest first, as distill predict chooses
     for name in sorted({row["name"] for row in rows if row["role"] == "student"}):
-        candidates = [row for row in rows if row["name"] == name and row["runtime"] == "onnxruntime"]
-        if not candidates:
+        deployed = deployed_artifact(rows, name)
+        if deployed is None:
             continue
-        deployed = min(candidates, key=lambda row: preference.index(row["precision"]))
         label = f"student {name} ({deployed['precision']} ONNX)"
         drop = teacher["metrics"][metric] - deployed["metrics"][metric]
         if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:

@@ -20,18 +20,8 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distill.evaluate import MODEL_INPUTS, predict_logits
-from distill.files import save_array
+from distill.files import save_array, weights_digest
 from distill.train import TEACHER_LOGITS
-
-
-def file_digest(*paths: Path) -> str:
-    """SHA-256 (16 hex digits) over the bytes of ``paths``, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def inputs_digest(dataset: Dataset) -> str:
@@ -57,8 +47,7 @@ def with_teacher_logits(
 
     Returns the dataset and a record (cache file, hit or miss) for ``distill.json``.
     """
-    weights = sorted(teacher_dir.glob("*.safetensors"))
-    key = hashlib.sha256(f"{file_digest(*weights)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{weights_digest(teacher_dir)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
     path = cache_dir / f"teacher-logits-{key}.npy"
     hit = path.is_file()
     if hit:

@@ -13,19 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from distill.bench import deployed_artifact
 from distill.errors import StageError
 from distill.files import read_json, write_json
 from distill.metrics import predictions_from_logits
+from distill.report import RunView
 from distill.stats import paired_bootstrap, seed_interval, verdict
 
 STATISTICS_FILE = "statistics.json"
 TWIN_SUFFIX = "-twin"
 
 
-def _seed_dirs(student_dir: Path) -> list[Path]:
-    from distill.students import seed_dirs
-
-    return seed_dirs(student_dir)
+def seed_dirs(student_dir: Path) -> list[Path]:
+    """The per-seed run directories of a student trained with several seeds, or ``[student_dir]``."""
+    seeds = sorted((p for p in (student_dir / "seeds").glob("*") if (p / "eval.json").is_file()), key=lambda p: p.name)
+    return seeds or [student_dir]
 
 
 def _recipe(directory: Path) -> dict[str, Any]:
@@ -50,31 +52,32 @@ def run_statistics(
     labels = np.asarray(labels)
     teacher_eval = read_json(run_dir / "teacher" / "eval.json")
     teacher_predictions = [_predictions(run_dir / "teacher")]
+    student_dirs = sorted(path.parent for path in (run_dir / "students").glob("*/eval.json"))
+    predictions = {d.name: [_predictions(path) for path in seed_dirs(d)] for d in student_dirs}
+    teacher_metric = teacher_eval["metrics"][metric]
     students: dict[str, Any] = {}
-    for student_dir in sorted(path.parent for path in (run_dir / "students").glob("*/eval.json")):
+    for student_dir in student_dirs:
         name = student_dir.name
-        seeds = _seed_dirs(student_dir)
+        seeds = seed_dirs(student_dir)
         evaluations = [read_json(path / "eval.json") for path in seeds]
-        predictions = [_predictions(path) for path in seeds]
+        selected = evaluations[0] if seeds == [student_dir] else read_json(student_dir / "eval.json")
         entry: dict[str, Any] = {
             "objective": evaluations[0].get("objective", "distill"),
             "seeds": [str(_recipe(path).get("seed", path.name)) for path in seeds],
-            "selected_seed": read_json(student_dir / "eval.json").get("selected_seed"),
+            "selected_seed": selected.get("selected_seed"),
             "metrics": {
                 name_: seed_interval([e["metrics"][name_] for e in evaluations]).to_dict()
                 for name_ in metric_names
                 if all(name_ in e["metrics"] for e in evaluations)
             },
         }
-        teacher_metric = teacher_eval["metrics"][metric]
         entry["retained_vs_teacher"] = entry["metrics"][metric]["mean"] / teacher_metric if teacher_metric else None
-        versus_teacher = paired_bootstrap(predictions, teacher_predictions, labels, metric, resamples, seed=seed)
+        versus_teacher = paired_bootstrap(predictions[name], teacher_predictions, labels, metric, resamples, seed=seed)
         entry["vs_teacher"] = {**versus_teacher.to_dict(), "verdict": verdict("the student", versus_teacher)}
-        twin_dir = run_dir / "students" / f"{name}{TWIN_SUFFIX}"
-        if not name.endswith(TWIN_SUFFIX) and (twin_dir / "eval.json").is_file():
-            twin_predictions = [_predictions(path) for path in _seed_dirs(twin_dir)]
-            gain = paired_bootstrap(predictions, twin_predictions, labels, metric, resamples, seed=seed)
-            entry["twin"] = twin_dir.name
+        twin = f"{name}{TWIN_SUFFIX}"
+        if not name.endswith(TWIN_SUFFIX) and twin in predictions:
+            gain = paired_bootstrap(predictions[name], predictions[twin], labels, metric, resamples, seed=seed)
+            entry["twin"] = twin
             entry["gain_over_twin"] = {**gain.to_dict(), "verdict": verdict("distillation", gain)}
         students[name] = entry
     statistics = {
@@ -130,21 +133,11 @@ def statistics_section(statistics: dict[str, Any]) -> list[str]:
     return [*lines, "", *sentences, ""]
 
 
-def _deployed_row(results: dict[str, Any], name: str) -> dict[str, Any] | None:
-    from distill.runtime import MODEL_FILES
-
-    preference = list(MODEL_FILES.values())  # fastest first
-    rows = [r for r in results["artifacts"] if r["name"] == name and r["runtime"] == "onnxruntime"]
-    return min(rows, key=lambda r: preference.index(r["precision"])) if rows else None
-
-
-def _p50(results: dict[str, Any], row: dict[str, Any], batch: int, seq: int) -> float | None:
-    for point in results["latency"]:
-        if (point["name"], point["runtime"], point["precision"], point["batch"], point["seq"]) == (
-            row["name"], row["runtime"], row["precision"], batch, seq,
-        ):  # fmt: skip
-            return point["p50_ms"]
-    return None
+def _single_request_p50(view: RunView, row: dict[str, Any] | None) -> float | None:
+    """p50 of ``row`` at the report's single-request point: batch 1 (or the smallest), the longest sequence."""
+    point = view.scatter_point()
+    latency = view.latency_of(row, *point) if row is not None and point is not None else None
+    return None if latency is None else latency["p50_ms"]
 
 
 def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
@@ -157,11 +150,9 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                 raise StageError(
                     f"{path} does not exist; run `distill {command}` (or `distill run`) on {run_dir} first"
                 )
-        statistics, results = read_json(statistics_path), read_json(results_path)
+        statistics, view = read_json(statistics_path), RunView(read_json(results_path))
         metric = statistics["metric"]
-        batch = min(point["batch"] for point in results["latency"])
-        seq = max(point["seq"] for point in results["latency"] if point["batch"] == batch)
-        teacher = next(r for r in results["artifacts"] if r["role"] == "teacher" and r["runtime"] == "pytorch")
+        teacher = view.teacher  # its PyTorch row
         rows.append(
             {
                 "run": str(run_dir),
@@ -169,12 +160,12 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                 "metric": metric,
                 "value": statistics["teacher"]["metrics"][metric],
                 "artifact": "pytorch fp32",
-                "p50_ms": _p50(results, teacher, batch, seq),
+                "p50_ms": _single_request_p50(view, teacher),
                 "size_mb": teacher["size_bytes"] / 1e6,
             }
         )
         for name, entry in statistics["students"].items():
-            deployed = _deployed_row(results, name)
+            deployed = deployed_artifact(view.results["artifacts"], name)
             rows.append(
                 {
                     "run": str(run_dir),
@@ -186,7 +177,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                     "gain_over_twin": entry.get("gain_over_twin"),
                     "vs_teacher": entry["vs_teacher"],
                     "artifact": f"onnx {deployed['precision']}" if deployed else None,
-                    "p50_ms": _p50(results, deployed, batch, seq) if deployed else None,
+                    "p50_ms": _single_request_p50(view, deployed),
                     "size_mb": deployed["size_bytes"] / 1e6 if deployed else None,
                 }
             )

@@ -1,8 +1,10 @@
-"""Atomic file and directory writes, so that a crash never leaves a half-written artifact behind."""
+"""Atomic file and directory writes, so that a crash never leaves a half-written artifact behind; and the short
+stable hashes that key run stages and on-disk caches."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -88,3 +90,24 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 def copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` over ``target`` atomically."""
     atomic_write(target, lambda handle: handle.write(source.read_bytes()))
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def file_digest(*paths: Path) -> str:
+    """SHA-256 (16 hex digits) over the bytes of ``paths``, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(model_dir: Path) -> str:
+    """:func:`file_digest` of a saved model's ``*.safetensors`` files: changes whenever its weights do."""
+    return file_digest(*sorted(model_dir.glob("*.safetensors")))

@@ -7,8 +7,6 @@ checkpoints when rerun with the same inputs; one whose inputs changed starts aga
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import subprocess
 import time
@@ -24,16 +22,10 @@ import click
 from distill.config import Config, dump_config
 from distill.data import TaskData, load_task_data
 from distill.errors import DistillError, GateError, StageError
-from distill.files import read_json, write_json, write_text
+from distill.files import fingerprint, read_json, write_json, write_text
 
 STAGES = ("teacher", "train", "export", "bench", "report")
 """Every stage, in order; ``train`` covers one manifest entry per student (``student:NAME``)."""
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-serialisable parts."""
-    payload = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def _now() -> str:

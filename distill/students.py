@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from distill.cache import with_teacher_logits
 from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfig
@@ -70,9 +76,10 @@ def _train_distilbert(
     teacher_dir: Path,
     student_dir: Path,
     cache_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    validation: Dataset,
 ) -> tuple[Any, PreTrainedModel, dict[str, Any]]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     layer_map = select_layers(spec.layer_selection, teacher.config.num_hidden_layers, spec.num_layers)
     torch.manual_seed(config.seed)
     student = build_distilbert_student(teacher, layer_map)
@@ -96,7 +103,7 @@ def _train_distilbert(
     result = train_model(
         student,
         train_set,
-        tokenize(data.validation, tokenizer, config.data.max_length),
+        validation,
         tokenizer,
         spec.training,
         student_dir,
@@ -142,14 +149,15 @@ def run_student_stage(
     saved, so a rerun resumes. ``cache_dir`` holds reusable derived data (augmented training sets).
     Returns the contents of ``eval.json``.
     """
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+    inputs = (config, spec, data, teacher_dir, student_dir, cache_dir, tokenizer, validation)
     if spec.recipe == "tinybert":
         from distill.tinybert import train_tinybert
 
-        result, teacher, record = train_tinybert(config, spec, data, teacher_dir, student_dir, cache_dir)
+        result, teacher, record = train_tinybert(*inputs)
     else:
-        result, teacher, record = _train_distilbert(config, spec, data, teacher_dir, student_dir, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+        result, teacher, record = _train_distilbert(*inputs)
     training = spec.prediction.training if spec.recipe == "tinybert" else spec.training
     logits = predict_logits(result.model, validation, tokenizer, training.eval_batch_size, desc=spec.name)
     labels = np.asarray(data.validation["label"])
@@ -188,12 +196,6 @@ def run_student_stage(
     for work_dir in (student_dir, student_dir / "stage1", student_dir / "stage2"):
         remove_checkpoints(work_dir)
     return evaluation
-
-
-def seed_dirs(student_dir: Path) -> list[Path]:
-    """The per-seed run directories of a student trained with several seeds, or ``[student_dir]``."""
-    seeds = sorted((p for p in (student_dir / "seeds").glob("*") if (p / "eval.json").is_file()), key=lambda p: p.name)
-    return seeds or [student_dir]
 
 
 def select_best_seed(student_dir: Path, seeds: list[int], metric: str) -> dict[str, Any]:

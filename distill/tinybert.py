@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     AttentionInterface,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -256,9 +257,11 @@ def train_tinybert(
     teacher_dir: Path,
     student_dir: Path,
     cache_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    validation: Dataset,
 ) -> tuple[Any, PreTrainedModel, dict[str, Any]]:
     """Run both stages (or label-only training) for ``spec``; returns the train result, the teacher and a
-    record for ``distill.json``.
+    record for ``distill.json``. ``validation`` is the dev split tokenised by the teacher's ``tokenizer``.
 
     Stage 1 works in ``student_dir/stage1`` and ends by writing ``stage1/final``; stage 2 in ``student_dir/stage2``.
     A rerun skips a finished stage 1 and resumes an interrupted stage from its newest complete checkpoint.
@@ -266,7 +269,6 @@ def train_tinybert(
     from distill.augment import augment_training_set
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     layer_map = select_layers(spec.layer_selection, teacher.config.num_hidden_layers, spec.num_layers)
     if spec.num_attention_heads != teacher.config.num_attention_heads and (
         spec.intermediate.enabled and spec.intermediate.alpha_attention > 0
@@ -278,7 +280,6 @@ def train_tinybert(
                 f"{spec.num_attention_heads}; pick a head count that divides it, or set intermediate.alpha_attention: 0"
             )
     student, init = build_tinybert_student(teacher, spec, layer_map, config.seed)
-    validation = tokenize(data.validation, tokenizer, config.data.max_length)
     shape = (
         f"TinyBERT-style, {spec.num_layers} layers, hidden {spec.hidden_size}, {spec.num_attention_heads} heads, "
         f"FFN {spec.intermediate_size}; init {spec.init}"

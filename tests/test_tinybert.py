@@ -297,7 +297,10 @@ def test_twin_name_clash_is_refused():
 
 
 def test_head_count_that_does_not_divide_the_teachers_is_refused_before_training(tmp_path):
+    from transformers import AutoTokenizer
+
     from distill.config import config_from_dict
+    from distill.data import tokenize
     from distill.tinybert import train_tinybert
     from tests.conftest import make_tiny_bert, tiny_task
 
@@ -305,6 +308,9 @@ def test_head_count_that_does_not_divide_the_teachers_is_refused_before_training
     data = tiny_task(tmp_path / "data", dev_rows=4)
     raw = raw_with({"name": "t", "recipe": "tinybert", "num_layers": 1, "hidden_size": 24, "num_attention_heads": 3})
     config = config_from_dict(raw)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    validation = tokenize(data.validation, tokenizer, 32)
+    student, cache = tmp_path / "student", tmp_path / "cache"
     with pytest.raises(StudentError, match="teacher's 4 heads do not split evenly into the student's 3"):
-        train_tinybert(config, config.students[0], data, teacher_dir, tmp_path / "student", tmp_path / "cache")
+        train_tinybert(config, config.students[0], data, teacher_dir, student, cache, tokenizer, validation)
     assert not (tmp_path / "student").exists()
