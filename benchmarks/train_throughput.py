@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/train_throughput.py --teacher runs/sst2-full/teacher --out benchmarks/results/train_throughput \
-        [--examples 4096] [--steps 60] [--precision fp32 bf16]
+        [--examples 4096] [--steps 60] [--precision fp32 bf16] [--processes 1 2]
 
 Modes (one process each, one after another, so peaks and timings do not mix):
 - ``teacher_finetune``: the teacher on hard labels (what teacher fine-tuning costs per step);
@@ -12,8 +12,10 @@ Modes (one process each, one after another, so peaks and timings do not mix):
 - ``student_distilbert``: KD + CE + cosine on hidden states (the teacher must run online);
 - ``tinybert_stage1``: a 4-layer hidden-312 student on embeddings, hidden states and attention scores.
 Samples per second are Trainer's ``train_samples_per_second`` over the run of ``--steps`` steps (loading,
-tokenising and filling the logit cache are outside it). Peak memory is the process's maximum resident set size.
-Host CPU flags and versions are recorded. Only one process is measured: multi-process training is not built yet.
+tokenising and filling the logit cache are outside it). Peak memory is the process's maximum resident set size (with
+several processes: the largest rank's and the sum over ranks). With ``--processes N`` > 1 a mode runs as N
+data-parallel ranks (distill's launcher, DDP over gloo on CPU), the global batch staying 32 and each rank getting
+``cores / N`` threads. Host CPU flags and versions are recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 MODES = (
     "teacher_finetune",
@@ -41,6 +45,7 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from distill import distributed
     from distill.cache import with_teacher_logits
     from distill.config import DataConfig, TinyBertStudentConfig, TrainingConfig
     from distill.data import load_task_data, tokenize
@@ -50,6 +55,7 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
     from distill.tinybert import SCORES_ATTENTION, ProjectedStudent, build_tinybert_student
     from distill.train import train_model
 
+    distributed.init_from_environment()
     glue = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "SST-2"
     data = load_task_data(
         DataConfig(train=glue / "train.tsv", validation=glue / "dev.tsv", train_limit=examples, validation_limit=64),
@@ -100,6 +106,7 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
             teacher=teacher if use_teacher else None, select_best=select_best,
         )  # fmt: skip
     summary = next(row for row in reversed(result.history) if "train_runtime" in row)
+    rss_mb = distributed.gather_rows(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
     return {
         "mode": mode,
         "precision_requested": precision,
@@ -109,7 +116,9 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
         "max_length": 64,
         "train_runtime_s": summary["train_runtime"],
         "samples_per_second": summary["train_samples_per_second"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "processes": distributed.world_size(),
+        "peak_rss_mb": float(rss_mb.max()),
+        "peak_rss_mb_all_ranks": float(rss_mb.sum()),
         "threads": torch.get_num_threads(),
     }
 
@@ -121,8 +130,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--processes", nargs="+", type=int, default=[1], help="process counts to measure")
     parser.add_argument("--mode", choices=MODES, help="internal: run one mode in this process and print JSON")
+    parser.add_argument("--ranks", type=int, help="internal: run --mode as this many data-parallel ranks")
     args = parser.parse_args()
+    if args.mode and args.ranks:
+        from distill.distributed import launch
+
+        arguments = [arg for arg in sys.argv if arg not in ("--ranks", str(args.ranks))]
+        launch(arguments, args.ranks)
+        return
     if args.mode:
         print("RESULT " + json.dumps(run_mode(args.mode, args.teacher, args.examples, args.steps, args.precision[0])))
         return
@@ -130,22 +147,36 @@ def main() -> None:
     from distill.files import write_json, write_text
 
     rows = []
-    for precision in args.precision:
-        for mode in MODES:
-            command = [sys.executable, __file__, "--teacher", str(args.teacher), "--mode", mode]
-            command += ["--examples", str(args.examples), "--steps", str(args.steps), "--precision", precision]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            row = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    label_only = {r["precision_requested"]: r["samples_per_second"] for r in rows if r["mode"] == "student_labels"}
+    for processes in args.processes:
+        for precision in args.precision:
+            for mode in MODES:
+                command = [sys.executable, __file__, "--teacher", str(args.teacher), "--mode", mode]
+                command += ["--examples", str(args.examples), "--steps", str(args.steps), "--precision", precision]
+                if processes > 1:
+                    command += ["--ranks", str(processes)]
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                row = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    baseline = {
+        (r["processes"], r["precision_requested"]): r["samples_per_second"]
+        for r in rows
+        if r["mode"] == "student_labels"
+    }
+    one_process = {(r["mode"], r["precision_requested"]): r["samples_per_second"] for r in rows if r["processes"] == 1}
+    fp32 = {(r["mode"], r["processes"]): r["samples_per_second"] for r in rows if r["precision_requested"] == "fp32"}
     for row in rows:
-        row["time_per_sample_vs_student_labels"] = label_only[row["precision_requested"]] / row["samples_per_second"]
+        row["time_per_sample_vs_student_labels"] = (
+            baseline[row["processes"], row["precision_requested"]] / row["samples_per_second"]
+        )
+        row["speedup_vs_one_process"] = row["samples_per_second"] / one_process.get(
+            (row["mode"], row["precision_requested"]), float("nan")
+        )
+        row["speedup_vs_fp32"] = row["samples_per_second"] / fp32.get((row["mode"], row["processes"]), float("nan"))
     result = {
         "command": " ".join(["python", *sys.argv]),
         "host": host_info(),
         "versions": library_versions(),
-        "processes": 1,
         "rows": rows,
     }
     lines = [
@@ -153,14 +184,16 @@ def main() -> None:
         "",
         f"Command: `{result['command']}`  ",
         f"Host: {result['host']['cpu']}, {result['host']['available_cores']} cores, flags "
-        f"{', '.join(result['host']['cpu_flags'])}; one process.",
+        f"{', '.join(result['host']['cpu_flags'])}; global batch 32, max_length 64.",
         "",
-        "| mode | precision asked | precision used | samples/s | time per sample vs label-only student | "
-        "peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "| mode | processes x threads | precision asked | precision used | samples/s | time per sample vs label-only "
+        "student | speed-up vs 1 process | speed-up vs fp32 | peak RSS (MB), largest rank / all ranks |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r['mode']} | {r['precision_requested']} | {r['precision_used'].split(':')[0]} | "
-            f"{r['samples_per_second']:.1f} | {r['time_per_sample_vs_student_labels']:.2f}x | {r['peak_rss_mb']:.0f} |"
+            f"| {r['mode']} | {r['processes']} x {r['threads']} | {r['precision_requested']} | "
+            f"{r['precision_used'].split(':')[0].split(' ')[0]} | {r['samples_per_second']:.1f} | "
+            f"{r['time_per_sample_vs_student_labels']:.2f}x | {r['speedup_vs_one_process']:.2f}x | "
+            f"{r['speedup_vs_fp32']:.2f}x | {r['peak_rss_mb']:.0f} / {r['peak_rss_mb_all_ranks']:.0f} |"
             for r in rows
         ),
         "",

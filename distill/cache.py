@@ -7,6 +7,7 @@ every epoch and for every student. They are computed once, in length-sorted batc
 data, tokenizer or ``max_length`` changes the key. Intermediate-layer objectives (DistilBERT's cosine term,
 TinyBERT's stage 1) need the teacher's hidden states and attention maps, which are too large to store for every
 example (for SST-2 and MiniLM-L6, about 67k x 7 x seq x 384 floats), so they run the teacher online.
+In a data-parallel run the ranks compute the logits in parallel, each a contiguous share of the training set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distill import distributed
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.files import save_array, weights_digest
 from distill.train import TEACHER_LOGITS
@@ -49,12 +51,16 @@ def with_teacher_logits(
     """
     key = hashlib.sha256(f"{weights_digest(teacher_dir)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
     path = cache_dir / f"teacher-logits-{key}.npy"
-    hit = path.is_file()
+    hit = distributed.broadcast(path.is_file())
     if hit:
         logits = np.load(path)
-    else:
-        logits = predict_logits(teacher, train_set, tokenizer, batch_size, desc="teacher logits (cached once)")
-        save_array(path, logits)
+    else:  # in a data-parallel run each rank computes a contiguous share; rank 0 saves the whole
+        start, end = distributed.shard_bounds(len(train_set))
+        desc = "teacher logits (cached once)" if distributed.is_main() else None
+        part = predict_logits(teacher, train_set.select(range(start, end)), tokenizer, batch_size, desc=desc)
+        logits = distributed.gather_rows(part)
+        if distributed.is_main():
+            save_array(path, logits)
     if TEACHER_LOGITS in train_set.column_names:
         train_set = train_set.remove_columns(TEACHER_LOGITS)
     return train_set.add_column(TEACHER_LOGITS, logits.tolist()), {

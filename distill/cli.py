@@ -64,21 +64,36 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     click.echo(f"{config}: valid ({len(names)} student(s) to train: {', '.join(names)})")
 
 
+PROCESSES = click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train with N data-parallel processes on this machine (DDP: gloo on CPU, NCCL on GPU); the configured "
+    "batch sizes stay global batch sizes.",
+)
+
+
 def _stage_command(name: str, stages: tuple[str, ...], help_text: str) -> Callable[..., None]:
-    @cli.command(name=name, help=help_text)
-    @CONFIG
-    @RUN_DIR
-    @OVERRIDES
-    def command(config: Path, run_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    def command(config: Path, run_dir: Path | None, overrides: tuple[str, ...], processes: int = 1) -> None:
         cfg = _load(config, overrides)
         _quiet_libraries()
-        from distill.pipeline import run_pipeline
+        from distill import distributed
+        from distill.pipeline import run_pipeline, run_pipeline_parallel
 
         target = run_dir or _default_run_dir(config)
+        if processes > 1 and "WORLD_SIZE" not in os.environ:
+            arguments = ["-m", "distill", name, str(config), "--run-dir", str(target)]
+            arguments += [item for override in overrides for item in ("--set", override)]
+            run_pipeline_parallel(cfg, target, processes, arguments)  # rank 0 prints the summary
+            return
+        distributed.init_from_environment()
         run_pipeline(cfg, target, stages)
         click.echo(f"done: {', '.join(stages)} in {target}")
 
-    return command
+    if set(stages) & {"teacher", "train"}:
+        command = PROCESSES(command)
+    return cli.command(name=name, help=help_text)(CONFIG(RUN_DIR(OVERRIDES(command))))
 
 
 _stage_command(
@@ -140,6 +155,13 @@ def main() -> None:
         sys.exit(err.exit_code)
     except DistillError as err:
         click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except RuntimeError as err:
+        from distill import distributed
+
+        if not distributed.lost_peer(err):
+            raise
+        click.echo(f"error: rank {distributed.rank()} lost contact with another process of this run", err=True)
         sys.exit(1)
 
 

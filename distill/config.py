@@ -347,6 +347,17 @@ class Config(Strict):
                 plan.append(label_only_twin(student))
         return plan
 
+    def batch_sizes(self) -> dict[str, int]:
+        """The global training batch size of every training run, by dotted path (twins share their student's)."""
+        sizes = {"teacher.training.batch_size": self.teacher.training.batch_size}
+        for index, student in enumerate(self.students):
+            if isinstance(student, TinyBertStudentConfig):
+                sizes[f"students[{index}].intermediate.training.batch_size"] = student.intermediate.training.batch_size
+                sizes[f"students[{index}].prediction.training.batch_size"] = student.prediction.training.batch_size
+            else:
+                sizes[f"students[{index}].training.batch_size"] = student.training.batch_size
+        return sizes
+
 
 PATH_KEYS = ("data.train", "data.validation")
 

@@ -3,6 +3,10 @@
 A stage whose fingerprint (its config section plus its upstream stages' fingerprints) matches a completed
 entry in ``manifest.json``, and whose outputs exist, is skipped. A stage that was interrupted resumes from its
 checkpoints when rerun with the same inputs; one whose inputs changed starts again from scratch.
+
+In a data-parallel run (:mod:`distill.distributed`) every rank walks the training stages in step: each stage
+starts and ends with a barrier, rank 0 alone writes the manifest and the stage outputs, and the other ranks
+stop after the last training stage.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import click
 
+from distill import distributed
 from distill.config import Config, dump_config
 from distill.data import TaskData, load_task_data
 from distill.errors import DistillError, GateError, StageError
@@ -26,6 +31,9 @@ from distill.files import fingerprint, read_json, write_json, write_text
 
 STAGES = ("teacher", "train", "export", "bench", "report")
 """Every stage, in order; ``train`` covers one manifest entry per student (``student:NAME``)."""
+
+TRAINING_STAGES = ("teacher", "train")
+"""The stages every rank of a data-parallel run takes part in; rank 0 runs the others alone."""
 
 
 def _now() -> str:
@@ -106,29 +114,43 @@ def open_run(config: Config, run_dir: Path) -> Run:
 def _environment() -> dict[str, Any]:
     from distill.bench import host_info, library_versions
 
-    return {"versions": library_versions(), "host": host_info(), "git_sha": _git_sha()}
+    return {
+        "versions": library_versions(),
+        "host": host_info(),
+        "git_sha": _git_sha(),
+        "processes": distributed.world_size(),
+    }
 
 
 def _run_stage(
-    run: Run, key: str, digest: str, outputs: list[Path], work: Callable[[], Any], clear: Path | None = None
+    run: Run,
+    key: str,
+    digest: str,
+    outputs: list[Path],
+    work: Callable[[], Any],
+    clear: Path | None = None,
+    collective: bool = True,
 ) -> bool:
     """Run ``work`` unless the stage is complete with the same fingerprint; returns whether it ran.
 
     ``clear`` is a directory holding this stage's partial outputs; it is wiped when the inputs changed,
-    and kept (for resumption) when an interrupted stage is rerun with the same inputs.
+    and kept (for resumption) when an interrupted stage is rerun with the same inputs. In a data-parallel run,
+    every rank runs ``work`` when ``collective`` (training), otherwise rank 0 alone; the others wait for it.
     """
     entry = run.manifest["stages"].get(key)
-    if (
+    complete = (
         entry
         and entry.get("fingerprint") == digest
         and entry.get("status") == "complete"
         and all(p.exists() for p in outputs)
-    ):
+    )
+    if distributed.broadcast(bool(complete)):  # every rank takes rank 0's decision
         click.echo(f"[{key}] complete, inputs unchanged: skipped")
         return False
+    main = distributed.is_main()
     if entry and entry.get("fingerprint") != digest:
         click.echo(f"[{key}] inputs changed since the last run: recomputing (previous outputs replaced)")
-        if clear is not None and clear.exists():
+        if main and clear is not None and clear.exists():
             shutil.rmtree(clear)
     elif entry and entry.get("status") != "complete":
         click.echo(f"[{key}] resuming an interrupted run")
@@ -136,7 +158,15 @@ def _run_stage(
         click.echo(f"[{key}] outputs missing from the run directory: recomputing")
     started = time.time()
     run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "started": _now()}
-    run.save_manifest()
+    if main:
+        run.save_manifest()
+    distributed.barrier()
+    if not main:
+        if collective:
+            work()
+        distributed.barrier()  # rank 0 finishes the stage: evaluation, outputs, manifest
+        run.manifest = read_json(run.manifest_path)
+        return True
     try:
         summary = work()
     except BaseException as err:
@@ -155,6 +185,7 @@ def _run_stage(
         "summary": summary,
     }
     run.save_manifest()
+    distributed.barrier()
     return True
 
 
@@ -178,8 +209,10 @@ def stage_teacher(run: Run) -> None:
 
     teacher_dir = run.run_dir / "teacher"
 
-    def work() -> dict[str, Any]:
+    def work() -> dict[str, Any] | None:
         record = run_teacher_stage(run.config, run.data, teacher_dir)
+        if record is None:  # a follower rank: its share of the fine-tuning is done
+            return None
         click.echo(
             f"[teacher] dev {record['main_metric']} {record['metrics'][record['main_metric']]:.4f} "
             f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f})"
@@ -209,11 +242,13 @@ def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
             unit_dir = student_dir / "seeds" / str(seed) if several else student_dir
             label = f"{student.name}@{seed}" if several else student.name
 
-            def work(student=student, unit_dir=unit_dir, seed=seed, label=label) -> dict[str, Any]:
+            def work(student=student, unit_dir=unit_dir, seed=seed, label=label) -> dict[str, Any] | None:
                 config = run.config.model_copy(update={"seed": seed})
                 record = run_student_stage(
                     config, student, run.data, run.run_dir / "teacher", unit_dir, run.run_dir / "cache"
                 )
+                if record is None:  # a follower rank: its share of the training is done
+                    return None
                 click.echo(
                     f"[student:{label}] dev {record['main_metric']} "
                     f"{record['metrics'][record['main_metric']]:.4f}, agreement with teacher "
@@ -245,6 +280,7 @@ def stage_train(run: Run, names: Iterable[str] | None = None) -> None:
                 run.student_fingerprint(student.name),
                 [student_dir / "eval.json"],
                 select,
+                collective=False,
             )
 
 
@@ -371,21 +407,38 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
     A run directory created by this call is removed again if it fails before any stage completes, so bad
     input leaves nothing behind.
     """
+    main = distributed.is_main()
     created = not run_dir.exists()
     try:
         run = open_run(config, run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", dump_config(config))
-        run.save_manifest()
+        distributed.barrier()  # every rank has read the manifest before rank 0 writes to the run directory
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.yaml", dump_config(config))
+            run.save_manifest()
         for stage in stages:
+            if stage not in TRAINING_STAGES:
+                distributed.leave()  # the other ranks are done: rank 0 exports, benchmarks and reports alone
+                if not main:
+                    break
             STAGE_FUNCTIONS[stage](run)
-        if "bench" in stages:
+        if "bench" in stages and main:
             check_gates(run)
     except DistillError:
-        if created and run_dir.exists() and not _any_complete(run_dir):
+        if main and created and run_dir.exists() and not _any_complete(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run
+
+
+def run_pipeline_parallel(config: Config, run_dir: Path, processes: int, arguments: list[str]) -> None:
+    """Run ``python ARGUMENTS`` (a ``distill`` stage command for ``config`` and ``run_dir``) as ``processes``
+    data-parallel ranks, after checking here what would make every rank fail: the data, the teacher source and
+    batch sizes that do not split evenly. Nothing is written before the ranks start.
+    """
+    distributed.check_batch_sizes(config.batch_sizes(), processes)
+    open_run(config, run_dir)
+    distributed.launch(arguments, processes)
 
 
 def check_gates(run: Run) -> None:

@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from distill import distributed
 from distill.cache import with_teacher_logits
 from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
@@ -139,7 +140,7 @@ def _train_distilbert(
 
 def run_student_stage(
     config: Config, spec: StudentSpec, data: TaskData, teacher_dir: Path, student_dir: Path, cache_dir: Path
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Build one student from the saved teacher, train it (distilled, or on labels only), evaluate it, and save it
     to ``student_dir``.
 
@@ -147,7 +148,8 @@ def run_student_stage(
     and weights, training history), ``eval.json`` (dev metrics, agreement with the teacher) and ``dev_logits.npy``.
     Training state lives in ``student_dir/checkpoints`` (TinyBERT: ``stage1/``, ``stage2/``) until the student is
     saved, so a rerun resumes. ``cache_dir`` holds reusable derived data (augmented training sets).
-    Returns the contents of ``eval.json``.
+    Returns the contents of ``eval.json``; on a follower rank of a data-parallel run, None once its share of the
+    training is done (rank 0 alone evaluates and writes).
     """
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
@@ -158,6 +160,8 @@ def run_student_stage(
         result, teacher, record = train_tinybert(*inputs)
     else:
         result, teacher, record = _train_distilbert(*inputs)
+    if not distributed.is_main():
+        return None
     training = spec.prediction.training if spec.recipe == "tinybert" else spec.training
     logits = predict_logits(result.model, validation, tokenizer, training.eval_batch_size, desc=spec.name)
     labels = np.asarray(data.validation["label"])

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from distill import distributed
 from distill.config import Config
 from distill.data import TaskData, majority_baseline, tokenize
 from distill.errors import TeacherError
@@ -141,11 +142,12 @@ def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_met
     )
 
 
-def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any]:
+def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any] | None:
     """Load (and when needed fine-tune) the teacher, evaluate it on dev, gate it, and save it to ``teacher_dir``.
 
     Writes ``teacher_dir``: the HF model and tokenizer, ``eval.json`` and ``dev_logits.npy`` ``(n_dev, num_labels)``.
-    Returns the contents of ``eval.json``.
+    Returns the contents of ``eval.json``; on a follower rank of a data-parallel run, None once its share of the
+    fine-tuning is done (rank 0 alone evaluates and writes).
     """
     settings = config.teacher
     loaded = load_teacher(settings.source, data, replace_head=settings.finetune == "always")
@@ -155,6 +157,8 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
             "set teacher.finetune: auto to fine-tune it on the task"
         )
     finetune = settings.finetune == "always" or not loaded.has_trained_head
+    if not finetune and not distributed.is_main():
+        return None
     tokenizer, model = loaded.tokenizer, loaded.model
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     history: list[dict[str, Any]] = []
@@ -171,6 +175,8 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
             config.seed,
             LabelObjective(),
         )
+        if not distributed.is_main():
+            return None
         model, history = result.model, result.history
     logits = predict_logits(
         model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev"

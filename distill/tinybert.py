@@ -27,6 +27,7 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from distill import distributed
 from distill.cache import with_teacher_logits
 from distill.config import Config, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
@@ -315,9 +316,10 @@ def train_tinybert(
 
     train_data = data.train
     if spec.augmentation.enabled:
-        train_data, augmentation = augment_training_set(
-            data, teacher, teacher_dir, tokenizer, spec.augmentation, config.data.max_length, config.seed, cache_dir
-        )
+        with distributed.main_process_first():  # rank 0 builds and caches the set; the others read the cache
+            train_data, augmentation = augment_training_set(
+                data, teacher, teacher_dir, tokenizer, spec.augmentation, config.data.max_length, config.seed, cache_dir
+            )
         record["augmentation"] = augmentation
     train_set = tokenize(train_data, tokenizer, config.data.max_length)
     stage_dir = student_dir / "stage1"
@@ -344,8 +346,10 @@ def train_tinybert(
             )  # fmt: skip
             student.set_attn_implementation("eager")
             teacher.set_attn_implementation("eager")
-            with atomic_dir(final) as tmp:
-                wrapper.save_pretrained(tmp)
+            if distributed.is_main():
+                with atomic_dir(final) as tmp:
+                    wrapper.save_pretrained(tmp)
+            distributed.barrier()  # every rank starts stage 2 from the saved stage-1 student
         student = AutoModelForSequenceClassification.from_pretrained(final)
         record["intermediate"] = {
             **stage1.model_dump(mode="json"),

@@ -1,7 +1,9 @@
 """The training loop: a ``transformers.Trainer`` whose only override of substance is ``compute_loss``.
 
-Trainer provides resumable checkpoints, progress bars, evaluation each epoch, and data-parallel runs; we add
-the distillation objective, per-term loss logging (JSONL and TensorBoard) and best-checkpoint tracking.
+Trainer provides resumable checkpoints, progress bars, evaluation each epoch, and data-parallel runs (DDP under
+``distill run --processes N`` or torchrun: each rank reads its shard of every global batch, evaluation is gathered
+across ranks, rank 0 alone saves); we add the distillation objective, per-term loss logging (JSONL and TensorBoard)
+and best-checkpoint tracking.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from distill import distributed
 from distill.config import TrainingConfig
 from distill.files import atomic_dir, read_json, write_json
 from distill.losses import hard_label_loss
@@ -229,12 +232,15 @@ def train_model(
     checkpoint_dir = work_dir / "checkpoints"
     log_dir = work_dir / "logs"
     best_dir = checkpoint_dir / "best"
+    processes = distributed.world_size()
+    is_main = distributed.is_main()
+    distributed.check_batch_sizes({"training.batch_size": training.batch_size}, processes)
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps or -1,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.eval_batch_size,
+        per_device_train_batch_size=training.batch_size // processes,  # the global batch stays the configured one
+        per_device_eval_batch_size=max(1, training.eval_batch_size // processes),
         learning_rate=training.learning_rate,
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,
@@ -252,8 +258,17 @@ def train_model(
         bf16=use_bf16,  # keep the teacher-logit column; our datasets hold model inputs only
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # without use_cpu, accelerate does not see a CPU data-parallel run and every rank would train alone
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if processes > 1 else None,
         disable_tqdm=False,
     )
+    callbacks: list[TrainerCallback] = [
+        JsonlLogCallback(log_dir / "train_log.jsonl"),
+        BestModelCallback(best_dir, f"eval_{metric_names[0]}"),
+    ]
+    if is_main:  # a writer made on another rank would leave an empty event file behind
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir / "tensorboard"))))
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -264,18 +279,19 @@ def train_model(
         compute_metrics=_metrics_fn(metric_names),
         objective=objective,
         teacher=teacher,
-        callbacks=[
-            JsonlLogCallback(log_dir / "train_log.jsonl"),
-            BestModelCallback(best_dir, f"eval_{metric_names[0]}"),
-            TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir / "tensorboard"))),
-        ],
+        callbacks=callbacks,
     )
-    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
+    # rank 0 looks at the disk (removing a checkpoint cut short by a kill) and tells every rank where to resume
+    last_checkpoint = distributed.broadcast(last_complete_checkpoint(checkpoint_dir) if is_main else None)
     trainer.train(resume_from_checkpoint=last_checkpoint)
+    distributed.barrier()  # rank 0 may still be saving the best checkpoint
     if not select_best:
         return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
     if not (best_dir / "best.json").is_file():
-        trainer.evaluate()
+        trainer.evaluate()  # on every rank: evaluation is sharded across them
+        distributed.barrier()
+    if not is_main:  # followers are done: rank 0 evaluates and saves the result
+        return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
     best = read_json(best_dir / "best.json")
     best_model = AutoModelForSequenceClassification.from_pretrained(best_dir)
     history = list(trainer.state.log_history)
