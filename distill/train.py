@@ -261,6 +261,9 @@ def train_model(
         # without use_cpu, accelerate does not see a CPU data-parallel run and every rank would train alone
         use_cpu=not torch.cuda.is_available(),
         ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if processes > 1 else None,
+        # only objectives that ignore the classifier head (select_best False) leave parameters without gradients;
+        # searching for them every step would slow every other objective down
+        ddp_find_unused_parameters=not select_best,
         disable_tqdm=False,
     )
     callbacks: list[TrainerCallback] = [
