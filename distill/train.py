@@ -254,8 +254,8 @@ def train_model(
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        bf16=use_bf16,  # keep the teacher-logit column; our datasets hold model inputs only
+        remove_unused_columns=False,  # keep the teacher-logit column; our datasets hold model inputs only
+        bf16=use_bf16,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         # without use_cpu, accelerate does not see a CPU data-parallel run and every rank would train alone
