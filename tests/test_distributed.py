@@ -18,9 +18,14 @@ import numpy as np
 import psutil
 import pytest
 import torch.multiprocessing
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill import distributed
+from distill.config import load_config
+from distill.data import load_task_data, tokenize
 from distill.errors import ConfigError
+from distill.evaluate import predict_logits
 from tests.conftest import REPO_ROOT
 from tests.test_cli_errors import run_cli
 from tests.test_pipeline import manifest, write_config
@@ -117,6 +122,9 @@ def test_two_process_run_splits_each_global_batch_and_rank0_alone_writes(tmp_pat
     # 400 examples, global batch 16: 25 optimiser steps per epoch whatever the process count (50 if each rank
     # trained alone on batches of 8, the failure this guards against)
     config = write_config(tmp_path, tiny_encoder_dir, *small_task, epochs=2, batch_size=16)
+    raw = yaml.safe_load(config.read_text())
+    raw["students"][0]["alpha_cos"] = 0.0  # logits alone: the teacher-logit cache, filled by both ranks
+    config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
     for command in ("teacher", "train"):
         result = run_cli(command, config, "--run-dir", run_dir, "--processes", "2", cwd=tmp_path)
@@ -133,6 +141,17 @@ def test_two_process_run_splits_each_global_batch_and_rank0_alone_writes(tmp_pat
     event_files = list((run_dir / "students" / "s2" / "logs" / "tensorboard").glob("events.*"))
     assert len(event_files) == 1, "one TensorBoard writer, on rank 0"
     assert not (run_dir / "students" / "s2" / "checkpoints").exists()
+
+    # the cache the two ranks filled, a half each, holds what one process computes, row for row
+    assert record["teacher_logits"] == "cached" and record["cache"] == "miss"
+    (cache_file,) = (run_dir / "cache").glob("teacher-logits-*.npy")
+    teacher_dir = run_dir / "teacher"
+    data = load_task_data(load_config(config).data, "sst2", 0)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    expected = predict_logits(
+        AutoModelForSequenceClassification.from_pretrained(teacher_dir), tokenize(data.train, tokenizer, 32), tokenizer
+    )
+    np.testing.assert_allclose(np.load(cache_file), expected, atol=1e-5)
 
 
 @pytest.mark.integration
