@@ -290,7 +290,7 @@ def train_model(
     distributed.barrier()  # rank 0 may still be saving the best checkpoint
     if not select_best:
         return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
-    if not (best_dir / "best.json").is_file():
+    if not distributed.broadcast((best_dir / "best.json").is_file()):  # rank 0's disk decides, for every rank
         trainer.evaluate()  # on every rank: evaluation is sharded across them
         distributed.barrier()
     if not is_main:  # followers are done: rank 0 evaluates and saves the result

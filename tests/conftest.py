@@ -150,3 +150,19 @@ def tokenised_dev(directory: Path, tokenizer_dir: Path, dev_rows: int):
     from distill.data import tokenize
 
     return tokenize(tiny_task(directory, dev_rows).validation, AutoTokenizer.from_pretrained(tokenizer_dir), 32)
+
+
+def start_run_until_checkpoint(command: list[str], checkpoints: Path, timeout: float = 300):
+    """Start ``python -m distill ...`` (``command``) and return its process once a complete checkpoint exists in
+    ``checkpoints``, so that the caller can kill it mid-training."""
+    import subprocess
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before a checkpoint was written"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    return process

@@ -7,11 +7,8 @@ rank with one clear message.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from distill.config import load_config
 from distill.data import load_task_data, tokenize
 from distill.errors import ConfigError
 from distill.evaluate import predict_logits
-from tests.conftest import REPO_ROOT
+from tests.conftest import start_run_until_checkpoint
 from tests.test_cli_errors import run_cli
 from tests.test_pipeline import manifest, write_config
 
@@ -159,14 +156,8 @@ def test_two_process_run_killed_mid_training_resumes_with_one_process(tmp_path, 
     config = write_config(tmp_path, tiny_encoder_dir, *small_task, epochs=8, batch_size=16)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "distill", "run", str(config), "--run-dir", str(run_dir), "--processes", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = run_dir / "students" / "s2" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, "the run ended before a student checkpoint was written"
-        time.sleep(0.2)
-    time.sleep(0.5)
+    process = start_run_until_checkpoint(command, checkpoints)
     ranks = psutil.Process(process.pid).children(recursive=True)
     assert len([rank for rank in ranks if "distill" in " ".join(rank.cmdline())]) == 2
     process.send_signal(signal.SIGKILL)  # the launcher: its ranks must die with it, not train on unseen

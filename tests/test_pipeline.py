@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,8 @@ import yaml
 from distill.config import load_config
 from distill.errors import GateError, StageError
 from distill.pipeline import run_pipeline
-from tests.conftest import write_sst2_like
+from tests.conftest import start_run_until_checkpoint, write_sst2_like
+from tests.test_cli_errors import run_cli
 
 
 @pytest.fixture
@@ -123,20 +121,13 @@ def test_training_killed_mid_run_resumes_from_checkpoint(tmp_path, tiny_encoder_
     config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like, epochs=8)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "distill", "run", str(config_path), "--run-dir", str(run_dir)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = run_dir / "students" / "s2" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(checkpoints.glob("checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, "the run ended before a student checkpoint was written"
-        time.sleep(0.2)
-    time.sleep(0.5)
+    process = start_run_until_checkpoint(command, run_dir / "students" / "s2" / "checkpoints")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert manifest(run_dir)["stages"]["student:s2"]["status"] == "running"
     assert not (run_dir / "students" / "s2" / "eval.json").exists()
 
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli(*command[3:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[teacher] complete, inputs unchanged: skipped" in result.stdout
     assert "[student:s2] resuming an interrupted run" in result.stdout
