@@ -116,4 +116,6 @@ def verdict(subject: str, interval: Interval, scale: float = 100.0, unit: str = 
     estimate = f"{scale * interval.estimate:+.2f} {unit}"
     if not interval.excludes_zero():
         return f"no gain or loss from {subject} detected: {estimate} ({span}, which includes zero)"
-    return f"{subject} {'gained' if interval.estimate > 0 else 'lost'} {estimate} ({span})"
+    if interval.estimate > 0:
+        return f"{subject} gained {estimate} ({span})"
+    return f"{subject} lost {scale * -interval.estimate:.2f} {unit} ({span})"  # not "lost -2.00 points"

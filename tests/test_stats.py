@@ -77,7 +77,9 @@ def test_verdicts_in_words():
     assert verdict("distillation", Interval(0.009, 0.003, 0.015)) == (
         "distillation gained +0.90 points (95% interval +0.30 to +1.50)"
     )
-    assert verdict("distillation", Interval(-0.02, -0.03, -0.01)).startswith("distillation lost -2.00 points")
+    assert verdict("distillation", Interval(-0.02, -0.03, -0.01)).startswith(
+        "distillation lost 2.00 points (95% interval -3.00 to -1.00)"
+    )
     assert verdict("distillation", Interval(0.002, -0.005, 0.009)) == (
         "no gain or loss from distillation detected: +0.20 points (95% interval -0.50 to +0.90, which includes zero)"
     )
