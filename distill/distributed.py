@@ -116,7 +116,9 @@ def lost_peer(error: BaseException) -> bool:
     return (
         int(os.environ.get("WORLD_SIZE", "1")) > 1
         and isinstance(error, RuntimeError)
-        and any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "NCCL"))
+        and any(
+            sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+        )
     )
 
 

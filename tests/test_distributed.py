@@ -41,6 +41,15 @@ def test_helpers_are_identities_in_one_process(tmp_path):
     assert (tmp_path / "made").is_file()
 
 
+def test_only_a_collective_broken_by_a_dead_peer_is_reduced_to_one_line(monkeypatch):
+    broken = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44210")
+    assert not distributed.lost_peer(broken), "outside a data-parallel run every error keeps its traceback"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.lost_peer(broken)
+    assert not distributed.lost_peer(RuntimeError("CUDA out of memory"))
+    assert not distributed.lost_peer(ValueError("Connection closed by peer"))
+
+
 def test_uneven_global_batch_is_refused_naming_every_offender():
     distributed.check_batch_sizes({"teacher.training.batch_size": 32}, 2)
     with pytest.raises(ConfigError) as caught:
