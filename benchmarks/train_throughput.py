@@ -107,6 +107,7 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
         )  # fmt: skip
     summary = next(row for row in reversed(result.history) if "train_runtime" in row)
     rss_mb = distributed.gather_rows(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
+    distributed.leave()
     return {
         "mode": mode,
         "precision_requested": precision,

@@ -422,6 +422,7 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
                 if not main:
                     break
             STAGE_FUNCTIONS[stage](run)
+        distributed.leave()  # (after training-only commands) a live process group at exit can abort the process
         if "bench" in stages and main:
             check_gates(run)
     except DistillError:
