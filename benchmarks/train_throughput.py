@@ -138,8 +138,8 @@ def main() -> None:
     if args.mode and args.ranks:
         from distill.distributed import launch
 
-        arguments = [arg for arg in sys.argv if arg not in ("--ranks", str(args.ranks))]
-        launch(arguments, args.ranks)
+        at = sys.argv.index("--ranks")
+        launch(sys.argv[:at] + sys.argv[at + 2 :], args.ranks)  # the same command, run by each rank
         return
     if args.mode:
         print("RESULT " + json.dumps(run_mode(args.mode, args.teacher, args.examples, args.steps, args.precision[0])))
