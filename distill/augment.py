@@ -52,7 +52,7 @@ def embedding_neighbours(
 ) -> dict[int, list[int]]:
     """The ``k`` nearest ids in ``pool`` to each of ``word_ids`` by cosine similarity of ``embeddings`` rows,
     excluding the word itself."""
-    unit = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
+    unit = torch.nn.functional.normalize(embeddings.detach().float().cpu(), dim=-1)
     pool_t = torch.as_tensor(pool)
     candidates = unit[pool_t]
     neighbours: dict[int, list[int]] = {}

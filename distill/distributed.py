@@ -156,6 +156,16 @@ def init_from_environment() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
+def local_device():
+    """This rank's accelerator (``cuda:LOCAL_RANK``) when there is one, else the CPU: where the teacher runs when it
+    labels data outside the Trainer (augmentation filtering, the teacher-logit cache)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def check_batch_sizes(batch_sizes: dict[str, int], processes: int) -> None:
     """Refuse a global batch size that does not split evenly across ``processes`` (``{dotted path: size}``)."""
     uneven = [f"{path} is {size}" for path, size in batch_sizes.items() if size % processes]

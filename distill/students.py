@@ -84,6 +84,7 @@ def _train_distilbert(
     layer_map = select_layers(spec.layer_selection, teacher.config.num_hidden_layers, spec.num_layers)
     torch.manual_seed(config.seed)
     student = build_distilbert_student(teacher, layer_map)
+    teacher.to(distributed.local_device())  # labels the logit cache on the accelerator when there is one
     if spec.objective == "labels":
         objective: Any = LabelObjective()
         weights = {"ce": 1.0}

