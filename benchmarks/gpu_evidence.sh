@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7's evidence on a lent GPU machine: the full SST-2 teacher once, then every seed of the recommended
 # recipes (configs/sst2/full.yaml: distil3 + twin; configs/sst2/tinybert.yaml: tiny4 + twin) and the recipe-search
-# variants, as separate per-seed runs sharing that teacher, several at a time on the one GPU.
+# variants, as listed in benchmarks/gpu_evidence_jobs.txt (or the file $JOBS names): separate per-seed runs sharing
+# that teacher, six at a time on the one GPU.
 #
 #   bash benchmarks/gpu_evidence.sh start SECONDS   # set up, fine-tune the teacher, start the jobs, watch them
 #   bash benchmarks/gpu_evidence.sh wait SECONDS    # watch the running jobs (a second call on the same machine)
@@ -66,17 +67,16 @@ EOF
     status=$?
     tail -c 1500 $logs/teacher.log | tr '\r' '\n' | tail -15
     if [ $status -ne 0 ]; then pack; exit 1; fi
-    # jobs in priority order, six at a time: recommended recipes first, then the search variants
-    {
-        for s in 0 1 2; do echo "full-s$s configs/sst2/full.yaml $s"; done
-        for s in 0 1 2; do echo "tiny-s$s configs/sst2/tinybert.yaml $s"; done
-        for s in 0 1 2; do
-            echo "fullkd-s$s configs/sst2/full.yaml $s --set students.0.baseline=false --set students.0.alpha_kd=0.9 --set students.0.alpha_ce=0.1"
-        done
-        for s in 0 1 2; do
-            echo "tinyaug-s$s configs/sst2/tinybert.yaml $s --set students.0.baseline=false --set students.0.augmentation.enabled=true --set students.0.augmentation.copies=2"
-        done
-    } > $logs/jobs.txt
+    # the fine-tuned teacher comes back too (fp16, xz, in pieces under the tool's 16 MiB per file), so that later
+    # runs elsewhere can pair new students with these twins: cat teacher16.xz.part-* | xz -d > model16.safetensors
+    python3 - <<'EOF' && xz -T8 -c /tmp/teacher16.safetensors | split -b 15M - "$OUT/teacher16.xz.part-"
+from safetensors.torch import load_file, save_file
+weights = load_file("runs/teacher/teacher/model.safetensors")
+save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
+          "/tmp/teacher16.safetensors")
+EOF
+    # jobs in priority order (one line each: name, config, seed, overrides), six at a time
+    cp "${JOBS:-benchmarks/gpu_evidence_jobs.txt}" $logs/jobs.txt
     cat > $logs/job.sh <<EOF
 #!/usr/bin/env bash
 name=\$1 config=\$2 seed=\$3; shift 3

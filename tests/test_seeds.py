@@ -83,3 +83,47 @@ def test_compare_names_a_run_without_results(tmp_path):
     result = CliRunner().invoke(cli, ["compare", str(tmp_path)])
     assert result.exit_code != 0
     assert "statistics.json does not exist; run `distill report`" in str(result.exception)
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_per_seed_runs_merge_into_the_statistics_of_one_several_seed_run(tmp_path, tiny_encoder_dir, monkeypatch):
+    """benchmarks/merge_seed_runs.py: runs of one seed each, sharing a teacher, give the statistics of one run."""
+    from distill.compare import run_statistics
+    from distill.data import load_task_data
+
+    together = tmp_path / "together"
+    config = load_config(write_config(tmp_path, tiny_encoder_dir, [0, 1]))
+    run_pipeline(config, together, stages=("teacher", "train"))
+    labels = np.asarray(load_task_data(config.data, config.task, config.seed).validation["label"])
+    expected = run_statistics(together, labels, ["accuracy"])
+
+    apart = []
+    for seed in (0, 1):
+        overrides = [f"seeds=[{seed}]", f"teacher.source={together / 'teacher'}"]
+        run_pipeline(
+            load_config(write_config(tmp_path, tiny_encoder_dir, [0, 1]), overrides),
+            tmp_path / f"seed{seed}",
+            stages=("teacher", "train"),
+        )
+        apart.append(str(tmp_path / f"seed{seed}"))
+    merge = _load_benchmark("merge_seed_runs")
+    out = tmp_path / "merged"
+    arguments = ["merge_seed_runs", "--out", str(out), *apart, "--data-validation", str(config.data.validation)]
+    monkeypatch.setattr("sys.argv", arguments)
+    merge.main()
+
+    merged = json.loads((out / "statistics.json").read_text())
+    for name in ("s1", "s1-twin"):
+        assert merged["students"][name]["seeds"] == ["0", "1"]
+        assert merged["students"][name]["metrics"] == expected["students"][name]["metrics"]
+    assert merged["students"]["s1"]["gain_over_twin"] == expected["students"]["s1"]["gain_over_twin"]
+    assert "`s1` vs its twin `s1-twin`" in (out / "statistics.md").read_text()
