@@ -145,27 +145,28 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     rows = []
     for run_dir in run_dirs:
         statistics_path, results_path = run_dir / STATISTICS_FILE, run_dir / "bench" / "results.json"
-        for path, command in ((statistics_path, "report"), (results_path, "bench")):
-            if not path.is_file():
-                raise StageError(
-                    f"{path} does not exist; run `distill {command}` (or `distill run`) on {run_dir} first"
-                )
-        statistics, view = read_json(statistics_path), RunView(read_json(results_path))
+        if not statistics_path.is_file():
+            raise StageError(
+                f"{statistics_path} does not exist; run `distill report` (or `distill run`) on {run_dir} first"
+            )
+        statistics = read_json(statistics_path)
+        # a run without benchmark results (seed runs merged by benchmarks/merge_seed_runs.py) compares on accuracy
+        view = RunView(read_json(results_path)) if results_path.is_file() else None
         metric = statistics["metric"]
-        teacher = view.teacher  # its PyTorch row
+        teacher = view.teacher if view else None  # its PyTorch row
         rows.append(
             {
                 "run": str(run_dir),
                 "model": "teacher",
                 "metric": metric,
                 "value": statistics["teacher"]["metrics"][metric],
-                "artifact": "pytorch fp32",
-                "p50_ms": _single_request_p50(view, teacher),
-                "size_mb": teacher["size_bytes"] / 1e6,
+                "artifact": "pytorch fp32" if view else None,
+                "p50_ms": _single_request_p50(view, teacher) if view else None,
+                "size_mb": teacher["size_bytes"] / 1e6 if teacher else None,
             }
         )
         for name, entry in statistics["students"].items():
-            deployed = deployed_artifact(view.results["artifacts"], name)
+            deployed = deployed_artifact(view.results["artifacts"], name) if view else None
             rows.append(
                 {
                     "run": str(run_dir),
@@ -177,7 +178,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                     "gain_over_twin": entry.get("gain_over_twin"),
                     "vs_teacher": entry["vs_teacher"],
                     "artifact": f"onnx {deployed['precision']}" if deployed else None,
-                    "p50_ms": _single_request_p50(view, deployed),
+                    "p50_ms": _single_request_p50(view, deployed) if view else None,
                     "size_mb": deployed["size_bytes"] / 1e6 if deployed else None,
                 }
             )

@@ -127,3 +127,8 @@ def test_per_seed_runs_merge_into_the_statistics_of_one_several_seed_run(tmp_pat
         assert merged["students"][name]["metrics"] == expected["students"][name]["metrics"]
     assert merged["students"]["s1"]["gain_over_twin"] == expected["students"]["s1"]["gain_over_twin"]
     assert "`s1` vs its twin `s1-twin`" in (out / "statistics.md").read_text()
+
+    # a merged run has no benchmark: `distill compare` still lines it up on accuracy, latency and size n/a
+    result = CliRunner().invoke(cli, ["compare", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| merged | s1 | accuracy" in result.output and "| n/a | n/a | n/a |" in result.output
