@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.compare import _predictions, run_statistics, statistics_section
+from distill.compare import _predictions, run_statistics, seed_dirs, statistics_section
 from distill.config import load_config
 from distill.data import load_task_data
 from distill.files import read_json, write_json
@@ -67,20 +67,20 @@ def main() -> None:
     parser.add_argument("--data-validation", type=Path, required=True, help="the dev file the runs were scored on")
     args = parser.parse_args()
     runs = [(Path(spec.split(":")[0]), spec.split(":")[1] if ":" in spec else "") for spec in args.runs]
-    seeds = merge(runs, args.out)
-    for name, values in seeds.items():
-        select_best_seed(args.out / "students" / name, values, "accuracy")
-    config = load_config(
+    config = load_config(  # the runs' own config, scored against this machine's copy of the dev file
         runs[0][0] / "config.yaml",
         [f"data.validation={args.data_validation.resolve()}", f"data.train={args.data_validation.resolve()}"],
     )
     data = load_task_data(config.data, config.task, config.seed)
+    seeds = merge(runs, args.out)
+    for name, values in seeds.items():
+        select_best_seed(args.out / "students" / name, values, data.main_metric)
     labels = np.asarray(data.validation["label"])
     statistics = run_statistics(args.out, labels, data.metrics)
     for pair in args.pair:
         student, twin = pair.split("=")
-        a = [_predictions(p) for p in sorted((args.out / "students" / student / "seeds").iterdir())]
-        b = [_predictions(p) for p in sorted((args.out / "students" / twin / "seeds").iterdir())]
+        a = [_predictions(path) for path in seed_dirs(args.out / "students" / student)]
+        b = [_predictions(path) for path in seed_dirs(args.out / "students" / twin)]
         gain = paired_bootstrap(a, b, labels, data.main_metric, seed=config.seed)
         statistics["students"][student]["twin"] = twin
         statistics["students"][student]["gain_over_twin"] = {**gain.to_dict(), "verdict": verdict("distillation", gain)}
