@@ -1,4 +1,4 @@
-"""Merge per-seed runs that share one teacher into one run directory and write its seed statistics.
+"""Merge runs that share one teacher (one seed each, or several) into one run directory; write its statistics.
 
 ``benchmarks/gpu_evidence.sh`` trains each seed of a config as its own run (``--set 'seeds=[K]'``, the same teacher
 through ``teacher.source``), several at once on one GPU. This script lays their dev-set results out as one
@@ -41,16 +41,16 @@ def merge(runs: list[tuple[Path, str]], out: Path) -> dict[str, list[int]]:
     seeds: dict[str, list[int]] = {}
     for run, suffix in runs:
         for student in sorted((run / "students").glob("*/eval.json")):
-            source = student.parent
-            seed = int(read_json(source / "distill.json")["seed"])
-            name = source.name if not suffix else _renamed(source.name, suffix)
-            target = out / "students" / name / "seeds" / str(seed)
-            if target.exists():
-                raise SystemExit(f"{name} seed {seed} comes from two runs; give one of them a :SUFFIX")
-            target.mkdir(parents=True)
-            for file in RESULT_FILES:
-                shutil.copy2(source / file, target / file)
-            seeds.setdefault(name, []).append(seed)
+            name = student.parent.name if not suffix else _renamed(student.parent.name, suffix)
+            for source in seed_dirs(student.parent):  # a run of several seeds brings each of them
+                seed = int(read_json(source / "distill.json")["seed"])
+                target = out / "students" / name / "seeds" / str(seed)
+                if target.exists():
+                    raise SystemExit(f"{name} seed {seed} comes from two runs; give one of them a :SUFFIX")
+                target.mkdir(parents=True)
+                for file in RESULT_FILES:
+                    shutil.copy2(source / file, target / file)
+                seeds.setdefault(name, []).append(seed)
     return {name: sorted(values) for name, values in seeds.items()}
 
 

@@ -128,6 +128,15 @@ def test_per_seed_runs_merge_into_the_statistics_of_one_several_seed_run(tmp_pat
     assert merged["students"]["s1"]["gain_over_twin"] == expected["students"]["s1"]["gain_over_twin"]
     assert "`s1` vs its twin `s1-twin`" in (out / "statistics.md").read_text()
 
+    # a run of several seeds merges into the same (each of its seeds is brought over)
+    again = tmp_path / "again"
+    monkeypatch.setattr("sys.argv", ["merge_seed_runs", "--out", str(again), str(together), "--data-validation",
+                                     str(config.data.validation)])  # fmt: skip
+    merge.main()
+    remerged = json.loads((again / "statistics.json").read_text())
+    assert remerged["students"]["s1"]["metrics"] == expected["students"]["s1"]["metrics"]
+    assert remerged["students"]["s1"]["gain_over_twin"] == expected["students"]["s1"]["gain_over_twin"]
+
     # a merged run has no benchmark: `distill compare` still lines it up on accuracy, latency and size n/a
     result = CliRunner().invoke(cli, ["compare", str(out)])
     assert result.exit_code == 0, result.output
