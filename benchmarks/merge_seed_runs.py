@@ -5,7 +5,7 @@ through ``teacher.source``), several at once on one GPU. This script lays their 
 several-seed run would (``students/NAME/seeds/K``, the best seed copied to ``students/NAME``) and runs
 :func:`distill.compare.run_statistics` on it, so the statistics are the ones ``distill run`` reports.
 
-    python benchmarks/merge_seed_runs.py --out runs/evidence RUN [RUN ...] [--rename RUN_NAME:SUFFIX]
+    python benchmarks/merge_seed_runs.py --out runs/evidence RUN[:SUFFIX] [RUN[:SUFFIX] ...]
         [--pair STUDENT=TWIN] --data-validation ../shared/data/glue/SST-2/dev.tsv
 
 ``RUN:SUFFIX`` appends SUFFIX to the names of that run's students (a recipe-search variant beside the recommended
