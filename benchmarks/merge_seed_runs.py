@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.compare import _predictions, run_statistics, seed_dirs, statistics_section
+from distill.compare import run_statistics, seed_dirs, statistics_section
 from distill.config import load_config
 from distill.data import load_task_data
 from distill.files import read_json, write_json
-from distill.stats import paired_bootstrap, verdict
 from distill.students import select_best_seed
 
 RESULT_FILES = ("eval.json", "dev_logits.npy", "distill.json")
@@ -76,14 +75,8 @@ def main() -> None:
     for name, values in seeds.items():
         select_best_seed(args.out / "students" / name, values, data.main_metric)
     labels = np.asarray(data.validation["label"])
-    statistics = run_statistics(args.out, labels, data.metrics)
-    for pair in args.pair:
-        student, twin = pair.split("=")
-        a = [_predictions(path) for path in seed_dirs(args.out / "students" / student)]
-        b = [_predictions(path) for path in seed_dirs(args.out / "students" / twin)]
-        gain = paired_bootstrap(a, b, labels, data.main_metric, seed=config.seed)
-        statistics["students"][student]["twin"] = twin
-        statistics["students"][student]["gain_over_twin"] = {**gain.to_dict(), "verdict": verdict("distillation", gain)}
+    twins = dict(pair.split("=") for pair in args.pair)
+    statistics = run_statistics(args.out, labels, data.metrics, seed=config.seed, twins=twins)
     statistics["merged_from"] = [f"{run}{':' + suffix if suffix else ''}" for run, suffix in runs]
     write_json(args.out / "statistics.json", statistics)
     markdown = "\n".join(statistics_section(statistics))

@@ -40,13 +40,20 @@ def _predictions(directory: Path) -> np.ndarray:
 
 
 def run_statistics(
-    run_dir: Path, labels: np.ndarray, metric_names: list[str], resamples: int = 2000, seed: int = 0
+    run_dir: Path,
+    labels: np.ndarray,
+    metric_names: list[str],
+    resamples: int = 2000,
+    seed: int = 0,
+    twins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Statistics of every student in ``run_dir`` against its twin and the teacher; written to ``statistics.json``.
 
     Args:
         labels: the dev split's gold labels, in the order of every ``dev_logits.npy``.
         metric_names: the task's metrics; the first is the one gains are measured in.
+        twins: ``{student: twin}`` for students measured against another student's twin (a recipe variant
+            beside the recommended one); any other student's twin is ``NAME-twin``.
     """
     metric = metric_names[0]
     labels = np.asarray(labels)
@@ -74,7 +81,7 @@ def run_statistics(
         entry["retained_vs_teacher"] = entry["metrics"][metric]["mean"] / teacher_metric if teacher_metric else None
         versus_teacher = paired_bootstrap(predictions[name], teacher_predictions, labels, metric, resamples, seed=seed)
         entry["vs_teacher"] = {**versus_teacher.to_dict(), "verdict": verdict("the student", versus_teacher)}
-        twin = f"{name}{TWIN_SUFFIX}"
+        twin = (twins or {}).get(name, f"{name}{TWIN_SUFFIX}")
         if not name.endswith(TWIN_SUFFIX) and twin in predictions:
             gain = paired_bootstrap(predictions[name], predictions[twin], labels, metric, resamples, seed=seed)
             entry["twin"] = twin
@@ -133,8 +140,11 @@ def statistics_section(statistics: dict[str, Any]) -> list[str]:
     return [*lines, "", *sentences, ""]
 
 
-def _single_request_p50(view: RunView, row: dict[str, Any] | None) -> float | None:
-    """p50 of ``row`` at the report's single-request point: batch 1 (or the smallest), the longest sequence."""
+def _single_request_p50(view: RunView | None, row: dict[str, Any] | None) -> float | None:
+    """p50 of ``row`` at the report's single-request point: batch 1 (or the smallest), the longest sequence;
+    None for a run without benchmark results."""
+    if view is None:
+        return None
     point = view.scatter_point()
     latency = view.latency_of(row, *point) if row is not None and point is not None else None
     return None if latency is None else latency["p50_ms"]
@@ -161,7 +171,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                 "metric": metric,
                 "value": statistics["teacher"]["metrics"][metric],
                 "artifact": "pytorch fp32" if view else None,
-                "p50_ms": _single_request_p50(view, teacher) if view else None,
+                "p50_ms": _single_request_p50(view, teacher),
                 "size_mb": teacher["size_bytes"] / 1e6 if teacher else None,
             }
         )
@@ -178,7 +188,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
                     "gain_over_twin": entry.get("gain_over_twin"),
                     "vs_teacher": entry["vs_teacher"],
                     "artifact": f"onnx {deployed['precision']}" if deployed else None,
-                    "p50_ms": _single_request_p50(view, deployed) if view else None,
+                    "p50_ms": _single_request_p50(view, deployed),
                     "size_mb": deployed["size_bytes"] / 1e6 if deployed else None,
                 }
             )
