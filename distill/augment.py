@@ -10,7 +10,8 @@ Words that are several word pieces, punctuation and special tokens are kept. Cop
 are dropped; with ``filter_disagreeing`` (classification), copies that the teacher labels differently from its
 label of the source are dropped too. Every choice comes from a generator seeded by (seed, example, copy), so the
 result does not depend on batching. The augmented set is cached on disk, keyed by the data, the teacher and the
-settings.
+settings, with the teacher's logits that the filter computed for the whole set, so that prediction-layer
+distillation does not run the teacher over it a second time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from distill.evaluate import predict_logits
 from distill.files import atomic_dir, fingerprint, read_json, weights_digest, write_json
 
 TEXT_COLUMNS = ("text", "text_pair")
+TEACHER_LOGITS_FILE = "teacher_logits.npy"
 
 
 def replaceable_ids(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
@@ -170,8 +172,9 @@ def augment_training_set(
     max_length: int,
     seed: int,
     cache_dir: Path,
-) -> tuple[datasets.Dataset, dict[str, Any]]:
-    """The training split plus its kept augmented copies, and a record of what was generated and dropped.
+) -> tuple[datasets.Dataset, dict[str, Any], np.ndarray | None]:
+    """The training split plus its kept augmented copies, a record of what was generated and dropped, and the
+    teacher's logits on that set, row for row (None without ``filter_disagreeing``, which is what computes them).
 
     Cached in ``cache_dir/augment-KEY`` where KEY hashes the training rows, the teacher's weights, the settings
     and the seed; a cache hit skips the work.
@@ -182,10 +185,12 @@ def augment_training_set(
     if (target / "record.json").is_file():
         record = read_json(target / "record.json")
         augmented = datasets.load_from_disk(str(target / "rows"))
-        return datasets.concatenate_datasets([data.train, augmented.cast(data.train.features)]), {
-            **record,
-            "cache": "hit",
-        }
+        logits_file = target / TEACHER_LOGITS_FILE
+        return (
+            datasets.concatenate_datasets([data.train, augmented.cast(data.train.features)]),
+            {**record, "cache": "hit"},
+            np.load(logits_file) if logits_file.is_file() else None,
+        )
     mlm = None
     if cfg.mlm_model is not None:
         try:
@@ -204,6 +209,7 @@ def augment_training_set(
     augmented, sources = augment_rows(rows, tokenizer, cfg, seed, embeddings, mlm)
     generated = len(augmented)
     dropped = 0
+    teacher_logits = None
     if cfg.filter_disagreeing and not data.is_regression and augmented:
         source_logits = predict_logits(teacher, tokenize(data.train, tokenizer, max_length), tokenizer, cfg.batch_size)
         new = datasets.Dataset.from_list(augmented, features=data.train.features)
@@ -213,6 +219,7 @@ def augment_training_set(
         keep = new_logits.argmax(-1) == source_logits[np.asarray(sources)].argmax(-1)
         dropped = int((~keep).sum())
         augmented = [row for row, kept in zip(augmented, keep, strict=True) if kept]
+        teacher_logits = np.concatenate([source_logits, new_logits[keep]])
     record = {
         "source_examples": len(rows),
         "copies": cfg.copies,
@@ -228,5 +235,7 @@ def augment_training_set(
     table = datasets.Dataset.from_list(augmented, features=data.train.features) if augmented else data.train.select([])
     with atomic_dir(target) as tmp:
         table.save_to_disk(str(tmp / "rows"))
+        if teacher_logits is not None:
+            np.save(tmp / TEACHER_LOGITS_FILE, teacher_logits)
         write_json(tmp / "record.json", record)
-    return datasets.concatenate_datasets([data.train, table]), {**record, "cache": "miss"}
+    return datasets.concatenate_datasets([data.train, table]), {**record, "cache": "miss"}, teacher_logits

@@ -44,16 +44,25 @@ def with_teacher_logits(
     tokenizer: PreTrainedTokenizerBase,
     cache_dir: Path,
     batch_size: int = 128,
+    known: np.ndarray | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """``train_set`` with a ``teacher_logits`` column, read from the cache or computed and cached.
 
+    ``known``: the teacher's logits on ``train_set`` when the caller already has them (augmentation's filter
+    computes them); on a cache miss they are stored instead of running the teacher again.
     Returns the dataset and a record (cache file, hit or miss) for ``distill.json``.
     """
+    if known is not None and len(known) != len(train_set):
+        raise ValueError(f"known teacher logits have {len(known)} rows for a training set of {len(train_set)}")
     key = hashlib.sha256(f"{weights_digest(teacher_dir)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
     path = cache_dir / f"teacher-logits-{key}.npy"
     hit = distributed.broadcast(path.is_file())
     if hit:
         logits = np.load(path)
+    elif known is not None:  # every rank holds them
+        logits = known.astype(np.float32, copy=False)
+        if distributed.is_main():
+            save_array(path, logits)
     else:  # in a data-parallel run each rank computes a contiguous share; rank 0 saves the whole
         start, end = distributed.shard_bounds(len(train_set))
         desc = "teacher logits (cached once)" if distributed.is_main() else None
@@ -67,4 +76,5 @@ def with_teacher_logits(
         "teacher_logits": "cached",
         "cache_file": str(path),
         "cache": "hit" if hit else "miss",
+        **({"computed_by": "augmentation filter"} if known is not None and not hit else {}),
     }

@@ -315,10 +315,10 @@ def train_tinybert(
         ]
         return result, teacher, record
 
-    train_data = data.train
+    train_data, known_logits = data.train, None
     if spec.augmentation.enabled:
         with distributed.main_process_first():  # rank 0 builds and caches the set; the others read the cache
-            train_data, augmentation = augment_training_set(
+            train_data, augmentation, known_logits = augment_training_set(
                 data, teacher, teacher_dir, tokenizer, spec.augmentation, config.data.max_length, config.seed, cache_dir
             )
         record["augmentation"] = augmentation
@@ -369,7 +369,7 @@ def train_tinybert(
         alpha_cos=0.0,
     )
     stage2_set, record["stage2_teacher_logits"] = with_teacher_logits(
-        train_set, teacher, teacher_dir, tokenizer, cache_dir
+        train_set, teacher, teacher_dir, tokenizer, cache_dir, known=known_logits
     )
     result = train_model(
         student, stage2_set, validation, tokenizer, stage2.training, student_dir / "stage2", data.metrics,

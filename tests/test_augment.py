@@ -80,7 +80,9 @@ def test_filter_drops_copies_the_teacher_labels_differently_and_the_cache_is_reu
 ):
     data = tiny_task(tmp_path / "data", dev_rows=8, train_rows=24)
     cfg = AugmentationConfig(enabled=True, copies=3, probability=0.6, candidates=4)
-    augmented, record = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "cache")
+    augmented, record, logits = augment_training_set(
+        data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "cache"
+    )
     assert record["cache"] == "miss"
     assert record["generated"] == record["kept"] + record["dropped_disagreeing"]
     assert record["dropped_disagreeing"] > 0  # a random teacher flips some copies
@@ -91,21 +93,27 @@ def test_filter_drops_copies_the_teacher_labels_differently_and_the_cache_is_reu
     source_logits = predict_logits(teacher, tokenize(data.train, tokenizer, 32), tokenizer)
     rows, sources = augment_rows(data.train.to_list(), tokenizer, cfg, 0, teacher.get_input_embeddings().weight)
     by_text = {row["text"]: source for row, source in zip(rows, sources, strict=True)}
-    for row, logits in zip(kept.to_list(), copy_logits, strict=True):
-        assert logits.argmax() == source_logits[by_text[row["text"]]].argmax()
+    for row, row_logits in zip(kept.to_list(), copy_logits, strict=True):
+        assert row_logits.argmax() == source_logits[by_text[row["text"]]].argmax()
+    # the filter's teacher logits cover the whole returned set, row for row, for the logit cache to reuse
+    assert np.allclose(logits, predict_logits(teacher, tokenize(augmented, tokenizer, 32), tokenizer), atol=1e-5)
 
-    again, hit = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "cache")
+    again, hit, logits_again = augment_training_set(
+        data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "cache"
+    )
     assert hit["cache"] == "hit" and again.to_list() == augmented.to_list()
+    assert np.array_equal(logits_again, logits)
     changed = cfg.model_copy(update={"copies": 2})
-    _, other = augment_training_set(data, teacher, teacher_dir, tokenizer, changed, 32, 0, tmp_path / "cache")
+    _, other, _ = augment_training_set(data, teacher, teacher_dir, tokenizer, changed, 32, 0, tmp_path / "cache")
     assert other["cache"] == "miss" and other["key"] != record["key"]
 
 
 def test_without_the_filter_every_copy_is_kept(tmp_path, tokenizer, teacher, teacher_dir):
     data = tiny_task(tmp_path / "data", dev_rows=8, train_rows=12)
     cfg = AugmentationConfig(enabled=True, copies=2, filter_disagreeing=False)
-    augmented, record = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
+    augmented, record, logits = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
     assert record["dropped_disagreeing"] == 0 and record["kept"] == record["generated"] > 0
+    assert logits is None  # no filter, no teacher pass: the logit cache computes them
 
 
 def test_masked_lm_candidates(tmp_path, tokenizer, teacher, teacher_dir):
@@ -116,7 +124,7 @@ def test_masked_lm_candidates(tmp_path, tokenizer, teacher, teacher_dir):
     mlm.save_pretrained(tmp_path / "mlm")
     data = tiny_task(tmp_path / "data", dev_rows=8, train_rows=8)
     cfg = AugmentationConfig(enabled=True, copies=2, candidates=3, mlm_model=str(tmp_path / "mlm"))
-    _, record = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
+    _, record, _ = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
     assert record["candidates_from"].startswith("masked LM") and record["generated"] > 0
 
     wrong = BertForMaskedLM(BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))

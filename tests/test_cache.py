@@ -41,6 +41,19 @@ def test_cache_miss_then_hit_with_the_teachers_logits(tmp_path, teachers):
     assert again[TEACHER_LOGITS] == first[TEACHER_LOGITS]
 
 
+def test_known_logits_are_stored_instead_of_running_the_teacher(tmp_path, teachers):
+    teacher, tokenizer = load(teachers[0])
+    train = tokenize(tiny_task(tmp_path / "d", 8, 40).train, tokenizer, 32)
+    known = np.arange(2 * len(train), dtype=np.float32).reshape(-1, 2)  # not what the teacher would say
+    first, record = with_teacher_logits(train, teacher, teachers[0], tokenizer, tmp_path / "cache", known=known)
+    assert record["cache"] == "miss" and record["computed_by"] == "augmentation filter"
+    assert np.array_equal(np.asarray(first[TEACHER_LOGITS]), known)
+    again, hit = with_teacher_logits(train, teacher, teachers[0], tokenizer, tmp_path / "cache")
+    assert hit["cache"] == "hit" and np.array_equal(np.asarray(again[TEACHER_LOGITS]), known)
+    with pytest.raises(ValueError, match="rows"):
+        with_teacher_logits(train, teacher, teachers[0], tokenizer, tmp_path / "cache", known=known[:-1])
+
+
 def test_cache_is_invalidated_by_teacher_data_and_tokenisation(tmp_path, teachers):
     teacher, tokenizer = load(teachers[0])
     task = tiny_task(tmp_path / "d", 8, 40)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill import train as train_module
 from distill.config import load_config
+from distill.data import load_task_data, tokenize
+from distill.evaluate import predict_logits
 from distill.pipeline import run_pipeline
 from distill.train import last_complete_checkpoint
 from tests.conftest import write_sst2_like
@@ -129,3 +133,28 @@ def test_a_crash_in_stage1_resumes_from_its_checkpoint_and_a_crash_in_stage2_ski
     run_pipeline(config, run_dir, stages=("train",))
     assert calls == [("stage1", None), ("stage1", "checkpoint-6"), ("stage2", None), ("stage2", None)]
     assert (student / "eval.json").is_file()
+
+
+def test_augmented_student_trains_on_the_kept_copies_with_the_filters_teacher_logits(tmp_path, config_path):
+    overrides = [
+        "students.0.baseline=false",
+        "students.0.augmentation.enabled=true",
+        "students.0.augmentation.copies=1",
+    ]
+    config = load_config(config_path, overrides)
+    run_dir = tmp_path / "run"
+    run_pipeline(config, run_dir, stages=("teacher", "train"))
+    recipe = json.loads((run_dir / "students" / "tiny" / "distill.json").read_text())
+    augmentation, logits_record = recipe["augmentation"], recipe["stage2_teacher_logits"]
+    assert augmentation["cache"] == "miss" and augmentation["kept"] > 0
+    # stage 2 reuses the logits the filter computed instead of running the teacher over the set again
+    assert logits_record["cache"] == "miss" and logits_record["computed_by"] == "augmentation filter"
+    cached = np.load(logits_record["cache_file"])
+    assert len(cached) == 400 + augmentation["kept"]
+    teacher = AutoModelForSequenceClassification.from_pretrained(run_dir / "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "teacher")
+    data = load_task_data(config.data, config.task, config.seed)
+    expected = predict_logits(teacher, tokenize(data.train, tokenizer, 32), tokenizer)
+    assert np.allclose(cached[:400], expected, atol=1e-5)  # the original rows first, in order
+    stage2 = [r for r in read_log(run_dir / "students" / "tiny" / "stage2" / "logs" / "train_log.jsonl") if "step" in r]
+    assert max(r["step"] for r in stage2) == -(-len(cached) // 16)  # one epoch over originals and copies
