@@ -97,11 +97,20 @@ def _check_layer_list(layer_selection: LayerSelection, num_layers: int) -> None:
             raise ValueError("layer_selection repeats a teacher layer")
 
 
+InitFrom = Literal["teacher", "pretrained"]
+"""Which weights a student's layers are taken from: ``teacher``, the fine-tuned teacher; ``pretrained``, the
+weights ``teacher.source`` named before distill fine-tuned them (the classification head is then new). With
+``pretrained`` the label-only twin starts from the pretrained model too, so it measures what simply fine-tuning
+that small model on the labels gives, and the student gets the teacher's task knowledge through distillation only.
+"""
+
+
 class DistilBertStudentConfig(Strict):
     """DistilBERT-style student: the teacher's width, fewer layers initialised from teacher layers.
 
     ``objective: labels`` trains the same student on hard labels only (no teacher); ``baseline: true`` adds
-    such a label-only twin, named ``NAME-twin``, beside the distilled student.
+    such a label-only twin, named ``NAME-twin``, beside the distilled student. ``init_from``: see
+    :data:`InitFrom`.
     """
 
     name: StudentName
@@ -109,6 +118,7 @@ class DistilBertStudentConfig(Strict):
     objective: Literal["distill", "labels"] = "distill"
     baseline: bool = False
     num_layers: PositiveInt = 3
+    init_from: InitFrom = "teacher"
     layer_selection: LayerSelection = "uniform"
     temperature: PositiveFloat = 2.0
     kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
@@ -185,8 +195,9 @@ class TinyBertStudentConfig(Strict):
     """TinyBERT-style student: shallower and narrower than the teacher, distilled in two stages.
 
     ``init``: ``truncate`` derives the weights from the teacher (selected layers, width reduced by
-    :func:`distill.tinybert.truncate_teacher`); ``random``; or ``checkpoint`` (``init_checkpoint``, for example a
-    general-distilled student of the same shape).
+    :func:`distill.tinybert.truncate_teacher`), or with ``init_from: pretrained`` from the teacher's pretrained
+    weights; ``random``; or ``checkpoint`` (``init_checkpoint``, for example a general-distilled student of the
+    same shape).
     """
 
     name: StudentName
@@ -199,6 +210,7 @@ class TinyBertStudentConfig(Strict):
     intermediate_size: PositiveInt = 1200
     init: Literal["truncate", "random", "checkpoint"] = "truncate"
     init_checkpoint: str | None = None
+    init_from: InitFrom = "teacher"
     layer_selection: LayerSelection = "uniform"
     intermediate: IntermediateStageConfig = IntermediateStageConfig()
     prediction: PredictionStageConfig = PredictionStageConfig()
@@ -212,6 +224,8 @@ class TinyBertStudentConfig(Strict):
             )
         if (self.init == "checkpoint") != (self.init_checkpoint is not None):
             raise ValueError("set init_checkpoint exactly when init is checkpoint")
+        if self.init_from == "pretrained" and self.init != "truncate":
+            raise ValueError("init_from: pretrained chooses the weights init: truncate starts from; set init: truncate")
         _check_layer_list(self.layer_selection, self.num_layers)
         if self.baseline and self.objective == "labels":
             raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")

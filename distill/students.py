@@ -60,6 +60,44 @@ def build_distilbert_student(teacher: PreTrainedModel, layer_map: list[int]) -> 
     return student
 
 
+def initialisation_source(
+    spec: StudentSpec, teacher: PreTrainedModel, teacher_dir: Path, seed: int
+) -> tuple[PreTrainedModel, str]:
+    """The model a student's weights are taken from (``spec.init_from``) and a description of it.
+
+    ``teacher``: the fine-tuned teacher itself. ``pretrained``: the weights the teacher was fine-tuned from (its
+    ``eval.json``'s ``pretrained_from``), with a classification head drawn from ``seed``, so a student and its twin
+    start identical.
+    """
+    if spec.init_from == "teacher":
+        return teacher, "the fine-tuned teacher"
+    record = read_json(teacher_dir / "eval.json")
+    origin = record.get("pretrained_from")
+    if origin is None:
+        raise StudentError(
+            f"student {spec.name} has init_from: pretrained, but the teacher {record.get('source')!r} came already "
+            "fine-tuned, so its pretrained weights are unknown; set init_from: teacher, or set teacher.source to the "
+            "pretrained model with teacher.finetune: always"
+        )
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            origin,
+            num_labels=teacher.config.num_labels,
+            id2label=teacher.config.id2label,
+            label2id=teacher.config.label2id,
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+            attn_implementation=teacher.config._attn_implementation,
+        )
+    except (OSError, ValueError) as err:
+        raise StudentError(
+            f"student {spec.name} has init_from: pretrained, but the teacher's pretrained weights at {origin} could "
+            f"not be loaded ({str(err).splitlines()[0]}); restore them or set init_from: teacher"
+        ) from None
+    return model, f"the pretrained weights the teacher was fine-tuned from ({origin}), new classification head"
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (tied weights counted once)."""
     return sum(parameter.numel() for parameter in model.parameters())
@@ -82,8 +120,10 @@ def _train_distilbert(
 ) -> tuple[Any, PreTrainedModel, dict[str, Any]]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     layer_map = select_layers(spec.layer_selection, teacher.config.num_hidden_layers, spec.num_layers)
+    source, origin = initialisation_source(spec, teacher, teacher_dir, config.seed)
     torch.manual_seed(config.seed)
-    student = build_distilbert_student(teacher, layer_map)
+    student = build_distilbert_student(source, layer_map)
+    del source
     teacher.to(distributed.local_device())  # labels the logit cache on the accelerator when there is one
     if spec.objective == "labels":
         objective: Any = LabelObjective()
@@ -124,10 +164,11 @@ def _train_distilbert(
     record = {
         **teacher_logits,
         "description": [
-            f"Recipe: DistilBERT-style, {spec.num_layers} layers from teacher layers {layer_map}; {trained}.",
+            f"Recipe: DistilBERT-style, {spec.num_layers} layers from layers {layer_map} of {origin}; {trained}.",
             f"Training: {budget}",
         ],
         "layer_map": layer_map,
+        "init_from": origin,
         "hidden_state_pairs": hidden_state_pairs(layer_map),
         "loss": {
             "kd": spec.kd_loss,

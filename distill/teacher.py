@@ -15,7 +15,7 @@ from distill.config import Config
 from distill.data import TaskData, majority_baseline, tokenize
 from distill.errors import TeacherError
 from distill.evaluate import evaluate_logits, predict_logits
-from distill.files import save_array, write_json
+from distill.files import read_json, save_array, write_json
 from distill.metrics import compute_metrics
 from distill.objective import LabelObjective
 from distill.train import remove_checkpoints, train_model
@@ -142,6 +142,19 @@ def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_met
     )
 
 
+def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
+    """Where the teacher's weights before fine-tuning came from: its own source when distill fine-tunes it here;
+    for a teacher fine-tuned by an earlier distill run (its ``eval.json`` beside the weights), that run's origin;
+    otherwise unknown (None)."""
+    if finetuned_here:
+        return location
+    earlier = Path(location) / "eval.json"
+    if not earlier.is_file():
+        return None
+    record = read_json(earlier)
+    return record.get("pretrained_from") or (record.get("resolved_from") if record.get("finetuned_here") else None)
+
+
 def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any] | None:
     """Load (and when needed fine-tune) the teacher, evaluate it on dev, gate it, and save it to ``teacher_dir``.
 
@@ -197,6 +210,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
         "source": settings.source,
         "resolved_from": loaded.location,
         "finetuned_here": finetune,
+        "pretrained_from": pretrained_origin(loaded.location, finetune),
         "metrics": metrics,
         "main_metric": data.main_metric,
         "majority_baseline": {"label": baseline.get("label"), **baseline_metrics},

@@ -35,6 +35,7 @@ from distill.errors import StudentError
 from distill.files import atomic_dir
 from distill.mapping import hidden_state_pairs, select_layers
 from distill.objective import DistilBertObjective, IntermediateObjective, LabelObjective
+from distill.students import initialisation_source
 from distill.train import train_model
 
 SCORES_ATTENTION = "distill_scores"
@@ -280,12 +281,16 @@ def train_tinybert(
                 f"{teacher.config.num_attention_heads} heads do not split evenly into the student's "
                 f"{spec.num_attention_heads}; pick a head count that divides it, or set intermediate.alpha_attention: 0"
             )
-    student, init = build_tinybert_student(teacher, spec, layer_map, config.seed)
+    source, origin = initialisation_source(spec, teacher, teacher_dir, config.seed)
+    student, init = build_tinybert_student(source, spec, layer_map, config.seed)
+    if spec.init == "truncate":
+        init["from"] = origin
+    del source
     teacher.to(distributed.local_device())  # augmentation filtering and the logit cache run on it
     shape = (
         f"TinyBERT-style, {spec.num_layers} layers, hidden {spec.hidden_size}, {spec.num_attention_heads} heads, "
         f"FFN {spec.intermediate_size}; init {spec.init}"
-        + (f" from teacher layers {layer_map}" if spec.init == "truncate" else "")
+        + (f" from layers {layer_map} of {origin}" if spec.init == "truncate" else "")
     )
 
     def budget(t: Any) -> str:
