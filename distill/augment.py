@@ -11,7 +11,8 @@ are dropped; with ``filter_disagreeing`` (classification), copies that the teach
 label of the source are dropped too. Every choice comes from a generator seeded by (seed, example, copy), so the
 result does not depend on batching. The augmented set is cached on disk, keyed by the data, the teacher and the
 settings, with the teacher's logits that the filter computed for the whole set, so that prediction-layer
-distillation does not run the teacher over it a second time.
+distillation does not run the teacher over it a second time. The filter reads the teacher's logits on the
+original rows from the shared logit cache (``distill.cache``): they are the same for every seed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from distill.cache import local_teacher_logits
 from distill.config import AugmentationConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
@@ -211,7 +213,10 @@ def augment_training_set(
     dropped = 0
     teacher_logits = None
     if cfg.filter_disagreeing and not data.is_regression and augmented:
-        source_logits = predict_logits(teacher, tokenize(data.train, tokenizer, max_length), tokenizer, cfg.batch_size)
+        # the originals' logits are the same for every seed and every student: the shared logit cache keeps them
+        source_logits, _ = local_teacher_logits(
+            tokenize(data.train, tokenizer, max_length), teacher, teacher_dir, tokenizer, cache_dir, cfg.batch_size
+        )
         new = datasets.Dataset.from_list(augmented, features=data.train.features)
         new_logits = predict_logits(
             teacher, tokenize(new, tokenizer, max_length), tokenizer, cfg.batch_size, desc="teacher on augmented"

@@ -37,6 +37,33 @@ def inputs_digest(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def cache_file(train_set: Dataset, teacher_dir: Path, cache_dir: Path) -> Path:
+    """Where the teacher's logits on ``train_set`` are kept: keyed by the teacher's weights and the input rows."""
+    key = hashlib.sha256(f"{weights_digest(teacher_dir)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
+    return cache_dir / f"teacher-logits-{key}.npy"
+
+
+def local_teacher_logits(
+    train_set: Dataset,
+    teacher: PreTrainedModel,
+    teacher_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cache_dir: Path,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, bool]:
+    """The teacher's logits on ``train_set`` from the same cache, computed by this process alone on a miss.
+
+    No collective calls, so one rank can use it while the others wait (augmentation's filter runs on rank 0).
+    Returns the logits and whether the cache had them.
+    """
+    path = cache_file(train_set, teacher_dir, cache_dir)
+    if path.is_file():
+        return np.load(path), True
+    logits = predict_logits(teacher, train_set, tokenizer, batch_size, desc="teacher logits (cached once)")
+    save_array(path, logits)
+    return logits, False
+
+
 def with_teacher_logits(
     train_set: Dataset,
     teacher: PreTrainedModel,
@@ -54,8 +81,7 @@ def with_teacher_logits(
     """
     if known is not None and len(known) != len(train_set):
         raise ValueError(f"known teacher logits have {len(known)} rows for a training set of {len(train_set)}")
-    key = hashlib.sha256(f"{weights_digest(teacher_dir)}:{inputs_digest(train_set)}".encode()).hexdigest()[:16]
-    path = cache_dir / f"teacher-logits-{key}.npy"
+    path = cache_file(train_set, teacher_dir, cache_dir)
     hit = distributed.broadcast(path.is_file())
     if hit:
         logits = np.load(path)

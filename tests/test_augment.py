@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
+import distill.cache
 from distill.augment import augment_rows, augment_training_set, embedding_neighbours, replaceable_ids
+from distill.cache import cache_file, with_teacher_logits
 from distill.config import AugmentationConfig
 from distill.data import tokenize
 from distill.errors import StudentError
@@ -106,6 +108,31 @@ def test_filter_drops_copies_the_teacher_labels_differently_and_the_cache_is_reu
     changed = cfg.model_copy(update={"copies": 2})
     _, other, _ = augment_training_set(data, teacher, teacher_dir, tokenizer, changed, 32, 0, tmp_path / "cache")
     assert other["cache"] == "miss" and other["key"] != record["key"]
+
+
+def test_the_filter_runs_the_teacher_on_the_originals_once_for_every_seed(
+    tmp_path, tokenizer, teacher, teacher_dir, monkeypatch
+):
+    data = tiny_task(tmp_path / "data", dev_rows=8, train_rows=16)
+    cfg = AugmentationConfig(enabled=True, copies=2, probability=0.6, candidates=4)
+    originals = tokenize(data.train, tokenizer, 32)
+    seen = []
+    original_predict = distill.cache.predict_logits
+    monkeypatch.setattr(
+        distill.cache,
+        "predict_logits",
+        lambda model, rows, *a, **k: seen.append(len(rows)) or original_predict(model, rows, *a, **k),
+    )
+    for seed in (0, 1):
+        _, record, logits = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, seed, tmp_path / "c")
+        assert record["cache"] == "miss"  # a new augmented set for each seed...
+        assert np.allclose(logits[: len(data.train)], predict_logits(teacher, originals, tokenizer), atol=1e-5)
+    assert seen == [len(data.train)]  # ...but the teacher ran over the originals once
+    cached = np.load(cache_file(originals, teacher_dir, tmp_path / "c"))
+    assert np.allclose(cached, predict_logits(teacher, originals, tokenizer), atol=1e-5)
+    # the same file that the logit cache of a student trained on the originals reads
+    _, info = with_teacher_logits(originals, teacher, teacher_dir, tokenizer, tmp_path / "c")
+    assert info["cache"] == "hit" and seen == [len(data.train)]
 
 
 def test_without_the_filter_every_copy_is_kept(tmp_path, tokenizer, teacher, teacher_dir):
