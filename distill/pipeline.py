@@ -72,7 +72,9 @@ class Run:
     # fingerprints: each stage's own config section plus its upstream fingerprints
     def teacher_fingerprint(self) -> str:
         c = self.config
-        return fingerprint("teacher", c.task, c.seed, c.data.model_dump(mode="json"), c.teacher.model_dump(mode="json"))
+        # an unset teacher.seeds leaves the fingerprint of runs made before the option existed unchanged
+        teacher = c.teacher.model_dump(mode="json", exclude={"seeds"} if c.teacher.seeds is None else None)
+        return fingerprint("teacher", c.task, c.seed, c.data.model_dump(mode="json"), teacher)
 
     def student_fingerprint(self, name: str, seed: int | None = None) -> str:
         """The fingerprint of student ``name``: trained with ``seed``, or, with ``seed`` None, the finished student
@@ -213,11 +215,17 @@ def stage_teacher(run: Run) -> None:
         record = run_teacher_stage(run.config, run.data, teacher_dir)
         if record is None:  # a follower rank: its share of the fine-tuning is done
             return None
+        candidates = record.get("candidates")
+        chosen = f", best of {len(candidates['seeds'])} seeds: seed {candidates['chosen_seed']}" if candidates else ""
         click.echo(
             f"[teacher] dev {record['main_metric']} {record['metrics'][record['main_metric']]:.4f} "
-            f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f})"
+            f"(majority baseline {record['majority_baseline'].get(record['main_metric'], float('nan')):.4f}{chosen})"
         )
-        return {"metrics": record["metrics"], "finetuned_here": record["finetuned_here"]}
+        return {
+            "metrics": record["metrics"],
+            "finetuned_here": record["finetuned_here"],
+            **({"chosen_seed": candidates["chosen_seed"]} if candidates else {}),
+        }
 
     _run_stage(run, "teacher", run.teacher_fingerprint(), [teacher_dir / "eval.json"], work, clear=teacher_dir)
 

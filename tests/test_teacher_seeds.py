@@ -1,0 +1,104 @@
+"""``teacher.seeds``: the teacher fine-tuned once per seed, the best on dev kept, each candidate equal to a single
+fine-tuning with that seed, finished candidates not trained again after an interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import distill.teacher as teacher_module
+from distill.config import Config, TeacherConfig
+from distill.data import load_task_data
+from distill.files import read_json
+from distill.pipeline import Run
+from distill.teacher import run_teacher_stage
+from tests.conftest import write_sst2_like
+
+TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50, "logging_steps": 50}
+
+
+def make_config(tmp_path, teacher_dir, seed: int = 0, teacher_seeds: list[int] | None = None) -> Config:
+    train = write_sst2_like(tmp_path / "data" / "train.tsv", 400, seed=1)
+    dev = write_sst2_like(tmp_path / "data" / "dev.tsv", 64, seed=2)
+    return Config.model_validate(
+        {
+            "seed": seed,
+            "data": {"train": str(train), "validation": str(dev), "max_length": 32},
+            "teacher": {"source": str(teacher_dir), "min_margin": 0.0, "seeds": teacher_seeds, "training": TRAINING},
+            "students": [{"name": "s", "num_layers": 1}],
+        }
+    )
+
+
+def stage(config: Config, teacher_dir):
+    torch.manual_seed(1234)  # the same process-wide random state before each stage, as in a fresh process
+    return run_teacher_stage(config, load_task_data(config.data, config.task), teacher_dir)
+
+
+def scores_record(candidates: dict, seed: int) -> dict:
+    return next(c["metrics"] for c in candidates["seeds"] if c["seed"] == seed)
+
+
+def test_repeated_teacher_seeds_are_refused():
+    with pytest.raises(ValueError, match="repeats a seed"):
+        TeacherConfig(seeds=[1, 1])
+
+
+def test_teacher_seeds_enter_the_fingerprint_only_when_set(tmp_path, tiny_encoder_dir):
+    plain = make_config(tmp_path, tiny_encoder_dir)
+    several = make_config(tmp_path, tiny_encoder_dir, teacher_seeds=[0, 1])
+    assert plain.teacher_seeds() == [0] and several.teacher_seeds() == [0, 1]
+    fingerprints = [Run(config, tmp_path / "run").teacher_fingerprint() for config in (plain, several)]
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_the_best_seed_on_dev_is_kept_and_each_candidate_equals_a_single_run(tmp_path, tiny_encoder_dir):
+    teacher_dir = tmp_path / "teacher"
+    record = stage(make_config(tmp_path, tiny_encoder_dir, teacher_seeds=[0, 1]), teacher_dir)
+
+    candidates = record["candidates"]
+    scores = {c["seed"]: c["metrics"]["accuracy"] for c in candidates["seeds"]}
+    assert list(scores) == [0, 1]
+    assert candidates["chosen_seed"] == max(scores, key=scores.get)
+    assert record["metrics"]["accuracy"] == scores[candidates["chosen_seed"]]
+    chosen_logits = np.load(teacher_dir / "candidates" / f"seed-{candidates['chosen_seed']}" / "dev_logits.npy")
+    np.testing.assert_allclose(np.load(teacher_dir / "dev_logits.npy"), chosen_logits, atol=1e-5)
+    assert not list((teacher_dir / "candidates").glob("*/model.safetensors"))  # only the chosen weights remain
+    assert (teacher_dir / "model.safetensors").is_file()
+    assert read_json(teacher_dir / "eval.json")["candidates"] == candidates
+
+    # the second candidate is the teacher that a run with `seed: 1` and no teacher.seeds fine-tunes
+    single = stage(make_config(tmp_path, tiny_encoder_dir, seed=1), tmp_path / "single")
+    assert "candidates" not in single
+    np.testing.assert_allclose(
+        np.load(tmp_path / "single" / "dev_logits.npy"),
+        np.load(teacher_dir / "candidates" / "seed-1" / "dev_logits.npy"),
+        atol=1e-5,
+    )
+    assert single["metrics"] == scores_record(candidates, 1)
+
+
+def test_an_interrupted_selection_resumes_without_retraining_finished_seeds(tmp_path, tiny_encoder_dir, monkeypatch):
+    config = make_config(tmp_path, tiny_encoder_dir, teacher_seeds=[3, 4])
+    teacher_dir = tmp_path / "teacher"
+    trained: list[int] = []
+    real_train_model = teacher_module.train_model
+
+    def crash_on_seed_4(*args, **kwargs):
+        seed = args[7]
+        if seed == 4 and not trained.count(4):
+            trained.append(4)
+            raise KeyboardInterrupt
+        trained.append(seed)
+        return real_train_model(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "train_model", crash_on_seed_4)
+    with pytest.raises(KeyboardInterrupt):
+        stage(config, teacher_dir)
+    assert (teacher_dir / "candidates" / "seed-3" / "eval.json").is_file()
+    assert not (teacher_dir / "eval.json").exists()
+
+    record = stage(config, teacher_dir)
+    assert trained == [3, 4, 4]  # seed 3 was not trained again
+    assert [c["seed"] for c in record["candidates"]["seeds"]] == [3, 4]
