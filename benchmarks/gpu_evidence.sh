@@ -93,6 +93,10 @@ EOF
     status=$?
     tail -c 1500 $logs/teacher.log | tr '\r' '\n' | tail -15
     if [ $status -ne 0 ]; then pack; exit 1; fi
+    # the TinyBERT-style recipe's teacher: tinybert.yaml fine-tunes three seeds and keeps the best on dev
+    # (its jobs name it with --set teacher.source=runs/teacher3/teacher, which overrides the shared teacher)
+    python3 -m distill teacher configs/sst2/tinybert.yaml --run-dir runs/teacher3 "${data[@]}" > $logs/teacher3.log 2>&1 \
+        || { tail -c 1500 $logs/teacher3.log; pack; exit 1; }
     # the fine-tuned teacher comes back too (fp16, xz, in pieces under the tool's 16 MiB per file), so that later
     # runs elsewhere can pair new students with these twins: cat teacher16.xz.part-* | xz -d > model16.safetensors
     python3 - <<'EOF' && xz -T8 -c /tmp/teacher16.safetensors | split -b 15M - "$OUT/teacher16.xz.part-"

@@ -94,6 +94,7 @@ def test_tinybert_config_end_to_end_on_sst2_slice(tmp_path):
         "teacher.training.epochs": "1",
         "teacher.training.learning_rate": "1e-4",
         "seeds": "[0]",  # the shipped config trains three seeds
+        "teacher.seeds": "[0, 1]",  # and fine-tunes three teachers
         "students.0.intermediate.training.max_steps": "8",
         "students.0.intermediate.training.logging_steps": "2",
         "students.0.prediction.training.max_steps": "8",
@@ -112,8 +113,11 @@ def test_tinybert_config_end_to_end_on_sst2_slice(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
+    teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
+    assert [c["seed"] for c in teacher["candidates"]["seeds"]] == [0, 1]
     recipe = json.loads((run_dir / "students" / "tiny4" / "distill.json").read_text())
     assert recipe["architecture"]["hidden_size"] == 312 and recipe["layer_map"] == [0, 2, 3, 5]
+    assert recipe["augmentation"]["kept"] > 0  # the shipped recipe augments the training set
     student = json.loads((run_dir / "students" / "tiny4" / "eval.json").read_text())
     twin = json.loads((run_dir / "students" / "tiny4-twin" / "eval.json").read_text())
     assert student["parameters"] == twin["parameters"] < 0.65 * student["teacher_parameters"]
