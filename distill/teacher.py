@@ -305,6 +305,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
         "source": settings.source,
         "resolved_from": loaded.location,
         "finetuned_here": finetune,
+        "seed": (candidates["chosen_seed"] if candidates else seeds[0]) if finetune else None,
         "pretrained_from": pretrained_origin(loaded.location, finetune),
         "metrics": metrics,
         "main_metric": data.main_metric,

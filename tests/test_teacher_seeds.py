@@ -62,6 +62,7 @@ def test_the_best_seed_on_dev_is_kept_and_each_candidate_equals_a_single_run(tmp
     assert list(scores) == [0, 1]
     assert candidates["chosen_seed"] == max(scores, key=scores.get)
     assert record["metrics"]["accuracy"] == scores[candidates["chosen_seed"]]
+    assert record["seed"] == candidates["chosen_seed"]
     chosen_logits = np.load(teacher_dir / "candidates" / f"seed-{candidates['chosen_seed']}" / "dev_logits.npy")
     np.testing.assert_allclose(np.load(teacher_dir / "dev_logits.npy"), chosen_logits, atol=1e-5)
     assert not list((teacher_dir / "candidates").glob("*/model.safetensors"))  # only the chosen weights remain
@@ -70,7 +71,7 @@ def test_the_best_seed_on_dev_is_kept_and_each_candidate_equals_a_single_run(tmp
 
     # the second candidate is the teacher that a run with `seed: 1` and no teacher.seeds fine-tunes
     single = stage(make_config(tmp_path, tiny_encoder_dir, seed=1), tmp_path / "single")
-    assert "candidates" not in single
+    assert "candidates" not in single and single["seed"] == 1
     np.testing.assert_allclose(
         np.load(tmp_path / "single" / "dev_logits.npy"),
         np.load(teacher_dir / "candidates" / "seed-1" / "dev_logits.npy"),
