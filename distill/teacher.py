@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from distill.evaluate import evaluate_logits, predict_logits
 from distill.files import read_json, save_array, write_json
 from distill.metrics import compute_metrics
 from distill.objective import LabelObjective
-from distill.train import remove_checkpoints, train_model
+from distill.train import TrainResult, remove_checkpoints, train_model
 
 BUNDLED_PREFIX = "bundled:"
 HUB_PREFIX = "hub:"
@@ -173,7 +174,7 @@ class _Candidates:
 def _fine_tune_candidates(
     config: Config,
     data: TaskData,
-    train_set: Any,
+    fine_tune: Callable[[PreTrainedModel, Path, int], TrainResult],
     validation: Any,
     tokenizer: Any,
     teacher_dir: Path,
@@ -193,17 +194,7 @@ def _fine_tune_candidates(
         if not distributed.broadcast(_candidate_done(work_dir)):
             torch.set_rng_state(start_state)
             model = load_teacher(settings.source, data, replace_head=settings.finetune == "always").model
-            result = train_model(
-                model,
-                train_set,
-                validation,
-                tokenizer,
-                settings.training,
-                work_dir,
-                data.metrics,
-                seed,
-                LabelObjective(),
-            )
+            result = fine_tune(model, work_dir, seed)
             if distributed.is_main():
                 logits = predict_logits(
                     result.model,
@@ -260,9 +251,23 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
     candidates: dict[str, Any] | None = None
     if finetune:
         train_set = tokenize(data.train, tokenizer, config.data.max_length)
+
+        def fine_tune(model: PreTrainedModel, work_dir: Path, seed: int) -> TrainResult:
+            return train_model(
+                model,
+                train_set,
+                validation,
+                tokenizer,
+                settings.training,
+                work_dir,
+                data.metrics,
+                seed,
+                LabelObjective(),
+            )
+
         if len(seeds) > 1:
             del model, loaded.model  # each candidate loads its own copy
-            chosen = _fine_tune_candidates(config, data, train_set, validation, tokenizer, teacher_dir, start_state)
+            chosen = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir, start_state)
             if chosen is None:
                 return None
             model, history = chosen.model, chosen.best["history"]
@@ -272,17 +277,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
                 "seeds": [{"seed": c["seed"], "metrics": c["metrics"]} for c in chosen.records],
             }
         else:
-            result = train_model(
-                model,
-                train_set,
-                validation,
-                tokenizer,
-                settings.training,
-                teacher_dir,
-                data.metrics,
-                seeds[0],
-                LabelObjective(),
-            )
+            result = fine_tune(model, teacher_dir, seeds[0])
             if not distributed.is_main():
                 return None
             model, history = result.model, result.history
