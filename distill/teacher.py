@@ -10,11 +10,10 @@ from typing import Any
 
 import click
 import numpy as np
-import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, set_seed
 
 from distill import distributed
-from distill.config import Config
+from distill.config import Config, TeacherConfig
 from distill.data import TaskData, majority_baseline, tokenize
 from distill.errors import TeacherError
 from distill.evaluate import evaluate_logits, predict_logits
@@ -158,6 +157,14 @@ def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
     return record.get("pretrained_from") or (record.get("resolved_from") if record.get("finetuned_here") else None)
 
 
+def _load_seeded(settings: TeacherConfig, data: TaskData, seed: int) -> LoadedTeacher:
+    """:func:`load_teacher` with every random generator seeded by ``seed`` first, so that a classification head
+    that the checkpoint lacks (the bundled teacher has none) starts the same in every process: torch seeds its
+    default generator at random in each process, and the head's start moves the fine-tuned teacher's accuracy."""
+    set_seed(seed)
+    return load_teacher(settings.source, data, replace_head=settings.finetune == "always")
+
+
 def _candidate_done(work_dir: Path) -> bool:
     return (work_dir / "eval.json").is_file() and (work_dir / "model.safetensors").is_file()
 
@@ -178,23 +185,20 @@ def _fine_tune_candidates(
     validation: Any,
     tokenizer: Any,
     teacher_dir: Path,
-    start_state: torch.Tensor,
 ) -> _Candidates | None:
     """Fine-tune one teacher per ``config.teacher_seeds()`` in ``teacher_dir/candidates/seed-K`` and keep the one
     with the best dev metric (the first seed on a tie); None on a follower rank.
 
-    Every candidate starts from the same weights: the torch random state ``start_state`` is restored before each
-    load, so a new classification head is initialised exactly as in a single fine-tuning, and candidate K equals
-    a run with ``seed: K``. A finished candidate (its ``eval.json`` and weights on disk) is not trained again.
+    Candidate K is the teacher a run with ``seed: K`` fine-tunes: its new classification head is initialised under
+    seed K too (:func:`_load_seeded`). A finished candidate (its ``eval.json`` and weights on disk) is not trained
+    again.
     """
     settings = config.teacher
     records: list[dict[str, Any]] = []
     for seed in config.teacher_seeds():
         work_dir = teacher_dir / "candidates" / f"seed-{seed}"
         if not distributed.broadcast(_candidate_done(work_dir)):
-            torch.set_rng_state(start_state)
-            model = load_teacher(settings.source, data, replace_head=settings.finetune == "always").model
-            result = fine_tune(model, work_dir, seed)
+            result = fine_tune(_load_seeded(settings, data, seed).model, work_dir, seed)
             if distributed.is_main():
                 logits = predict_logits(
                     result.model,
@@ -232,15 +236,14 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
     fine-tuning is done (rank 0 alone evaluates and writes).
     """
     settings = config.teacher
-    start_state = torch.get_rng_state()
-    loaded = load_teacher(settings.source, data, replace_head=settings.finetune == "always")
+    seeds = config.teacher_seeds()
+    loaded = _load_seeded(settings, data, seeds[0])
     if settings.finetune == "never" and not loaded.has_trained_head:
         raise TeacherError(
             f"teacher {settings.source!r} has no trained classification head and teacher.finetune is never; "
             "set teacher.finetune: auto to fine-tune it on the task"
         )
     finetune = settings.finetune == "always" or not loaded.has_trained_head
-    seeds = config.teacher_seeds()
     if not finetune and len(seeds) > 1 and distributed.is_main():
         click.echo(f"note: teacher.seeds {seeds} unused: the teacher already has a trained head and is used as given")
     if not finetune and not distributed.is_main():
@@ -267,7 +270,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
 
         if len(seeds) > 1:
             del model, loaded.model  # each candidate loads its own copy
-            chosen = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir, start_state)
+            chosen = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir)
             if chosen is None:
                 return None
             model, history = chosen.model, chosen.best["history"]

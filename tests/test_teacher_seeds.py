@@ -1,5 +1,6 @@
 """``teacher.seeds``: the teacher fine-tuned once per seed, the best on dev kept, each candidate equal to a single
-fine-tuning with that seed, finished candidates not trained again after an interruption."""
+fine-tuning with that seed (whatever random state the process started with), finished candidates not trained again
+after an interruption."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def make_config(tmp_path, teacher_dir, seed: int = 0, teacher_seeds: list[int] |
     )
 
 
-def stage(config: Config, teacher_dir):
-    torch.manual_seed(1234)  # the same process-wide random state before each stage, as in a fresh process
+def stage(config: Config, teacher_dir, process_state: int = 1234):
+    torch.manual_seed(process_state)  # stands for the random state torch starts each process with
     return run_teacher_stage(config, load_task_data(config.data, config.task), teacher_dir)
 
 
@@ -69,8 +70,9 @@ def test_the_best_seed_on_dev_is_kept_and_each_candidate_equals_a_single_run(tmp
     assert (teacher_dir / "model.safetensors").is_file()
     assert read_json(teacher_dir / "eval.json")["candidates"] == candidates
 
-    # the second candidate is the teacher that a run with `seed: 1` and no teacher.seeds fine-tunes
-    single = stage(make_config(tmp_path, tiny_encoder_dir, seed=1), tmp_path / "single")
+    # the second candidate is the teacher that a run with `seed: 1` and no teacher.seeds fine-tunes, in another
+    # process too: the new classification head does not depend on the random state the process started with
+    single = stage(make_config(tmp_path, tiny_encoder_dir, seed=1), tmp_path / "single", process_state=99)
     assert "candidates" not in single and single["seed"] == 1
     np.testing.assert_allclose(
         np.load(tmp_path / "single" / "dev_logits.npy"),
