@@ -3,7 +3,8 @@
 :func:`run_statistics` reads a run's dev-set logits (every seed of every student, its label-only twin, the teacher)
 and writes ``RUN/statistics.json``: for every student metric the mean, spread and 95% interval over seeds; the
 paired-bootstrap gain over its twin and over the teacher with 95% intervals; and a sentence saying whether the gain
-is real. :func:`compare_runs` puts several runs side by side.
+is real, and when it is not, whether the teacher's own lead over the twin left room for one.
+:func:`compare_runs` puts several runs side by side.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from distill.errors import StageError
 from distill.files import read_json, write_json
 from distill.metrics import predictions_from_logits
 from distill.report import RunView
-from distill.stats import paired_bootstrap, seed_interval, verdict
+from distill.stats import headroom_reading, paired_bootstrap, seed_interval, verdict
 
 STATISTICS_FILE = "statistics.json"
 TWIN_SUFFIX = "-twin"
@@ -84,8 +85,10 @@ def run_statistics(
         twin = (twins or {}).get(name, f"{name}{TWIN_SUFFIX}")
         if not name.endswith(TWIN_SUFFIX) and twin in predictions:
             gain = paired_bootstrap(predictions[name], predictions[twin], labels, metric, resamples, seed=seed)
+            headroom = paired_bootstrap(teacher_predictions, predictions[twin], labels, metric, resamples, seed=seed)
             entry["twin"] = twin
             entry["gain_over_twin"] = {**gain.to_dict(), "verdict": verdict("distillation", gain)}
+            entry["teacher_over_twin"] = {**headroom.to_dict(), "reading": headroom_reading(gain, headroom)}
         students[name] = entry
     statistics = {
         "metric": metric,
@@ -135,6 +138,9 @@ def statistics_section(statistics: dict[str, Any]) -> list[str]:
         )
         if gain:
             sentences.append(f"- `{name}` vs its twin `{entry['twin']}`: {gain['verdict']}.")
+            reading = entry.get("teacher_over_twin", {}).get("reading")  # absent in statistics from before it
+            if reading:
+                sentences.append(f"  Why: {reading}.")
         if entry.get("selected_seed") is not None:
             sentences.append(f"- `{name}`: the exported model is seed {entry['selected_seed']}, the best on dev.")
     return [*lines, "", *sentences, ""]

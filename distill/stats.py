@@ -119,3 +119,28 @@ def verdict(subject: str, interval: Interval, scale: float = 100.0, unit: str = 
     if interval.estimate > 0:
         return f"{subject} gained {estimate} ({span})"
     return f"{subject} lost {scale * -interval.estimate:.2f} {unit} ({span})"  # not "lost -2.00 points"
+
+
+def headroom_reading(gain: Interval, headroom: Interval, scale: float = 100.0, unit: str = "points") -> str | None:
+    """Why no gain over the twin was detected, or None when one was.
+
+    ``headroom`` is the teacher's lead over the label-only twin: a student that copies its teacher can gain about
+    that much and no more, so it tells a teacher with too little lead to show a gain on this dev set from a recipe
+    that passed on too little of a real lead.
+    """
+    if gain.excludes_zero():
+        return None
+    lead = (
+        f"{scale * headroom.estimate:+.2f} {unit}, {headroom.level:.0%} interval {scale * headroom.low:+.2f} to "
+        f"{scale * headroom.high:+.2f}"
+    )
+    if headroom.low > 0:
+        return (
+            f"the teacher is measurably better than the twin ({lead}), so the recipe passed on too little of its "
+            "lead: tune the distillation (temperature, loss weights, epochs, augmentation)"
+        )
+    return (
+        f"the teacher itself is not measurably better than the twin ({lead}), which leaves a student little room "
+        "to show a gain on this dev set: a stronger teacher (more teacher.seeds, longer fine-tuning) or a larger "
+        "dev set is what would tell"
+    )

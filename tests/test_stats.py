@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from distill.stats import Interval, paired_bootstrap, seed_interval, verdict
+from distill.compare import run_statistics, statistics_section
+from distill.stats import Interval, headroom_reading, paired_bootstrap, seed_interval, verdict
 
 
 def test_seed_interval_by_hand():
@@ -83,3 +87,48 @@ def test_verdicts_in_words():
     assert verdict("distillation", Interval(0.002, -0.005, 0.009)) == (
         "no gain or loss from distillation detected: +0.20 points (95% interval -0.50 to +0.90, which includes zero)"
     )
+
+
+def test_headroom_reading_tells_a_teacher_without_lead_from_a_recipe_that_fell_short():
+    no_gain = Interval(0.009, -0.006, 0.024)
+    no_lead = headroom_reading(no_gain, Interval(0.011, -0.007, 0.030))
+    assert no_lead is not None and "not measurably better than the twin (+1.10 points" in no_lead
+    assert "stronger teacher" in no_lead
+    fell_short = headroom_reading(no_gain, Interval(0.030, 0.012, 0.048))
+    assert fell_short is not None and "measurably better than the twin (+3.00 points" in fell_short
+    assert "tune the distillation" in fell_short
+    assert headroom_reading(Interval(0.02, 0.005, 0.035), Interval(0.03, 0.012, 0.048)) is None  # a gain: no excuse
+
+
+def _write_model(directory: Path, predictions: np.ndarray, labels: np.ndarray, objective: str = "distill") -> None:
+    directory.mkdir(parents=True)
+    np.save(directory / "dev_logits.npy", np.eye(2)[predictions])  # logits whose argmax is the prediction
+    metrics = {"accuracy": float(np.mean(predictions == labels))}
+    (directory / "eval.json").write_text(json.dumps({"metrics": metrics, "objective": objective}))
+
+
+@pytest.mark.parametrize(
+    ("twin_right", "reading"),
+    [
+        ((20, 815), "not measurably better than the twin"),  # teacher alone right on 20, twin alone on 15
+        ((100, 800), "passed on too little of its lead"),  # teacher alone right on 100, twin alone on none
+    ],
+)
+def test_the_report_says_why_a_student_shows_no_gain(tmp_path, twin_right, reading):
+    # 872 dev examples; the teacher is right on the first 800, the student on exactly the twin's examples
+    labels = np.zeros(872, dtype=int)
+
+    def right_on(start: int, stop: int) -> np.ndarray:
+        return np.where((np.arange(872) >= start) & (np.arange(872) < stop), 0, 1)
+
+    _write_model(tmp_path / "teacher", right_on(0, 800), labels)
+    _write_model(tmp_path / "students" / "s", right_on(*twin_right), labels)
+    _write_model(tmp_path / "students" / "s-twin", right_on(*twin_right), labels, objective="labels")
+    statistics = run_statistics(tmp_path, labels, ["accuracy"], resamples=500)
+
+    entry = statistics["students"]["s"]
+    assert entry["teacher_over_twin"]["estimate"] == pytest.approx((800 - (twin_right[1] - twin_right[0])) / 872)
+    assert reading in entry["teacher_over_twin"]["reading"]
+    markdown = "\n".join(statistics_section(statistics))
+    assert f"Why: {entry['teacher_over_twin']['reading']}." in markdown
+    assert "teacher_over_twin" not in statistics["students"]["s-twin"]  # a twin has no twin of its own
