@@ -122,7 +122,7 @@ def verdict(subject: str, interval: Interval, scale: float = 100.0, unit: str = 
 
 
 def headroom_reading(gain: Interval, headroom: Interval, scale: float = 100.0, unit: str = "points") -> str | None:
-    """Why no gain over the twin was detected, or None when one was.
+    """Why no gain over the twin was detected, or None when the gain's interval excludes zero (a gain or a loss).
 
     ``headroom`` is the teacher's lead over the label-only twin: a student that copies its teacher can gain about
     that much and no more, so it tells a teacher with too little lead to show a gain on this dev set from a recipe
