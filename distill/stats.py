@@ -107,12 +107,17 @@ def paired_bootstrap(
     return Interval(float(observed), float(low), float(high), level)
 
 
+def _span(interval: Interval, scale: float) -> str:
+    """``"95% interval +0.30 to +1.50"``, in the reported unit."""
+    return f"{interval.level:.0%} interval {scale * interval.low:+.2f} to {scale * interval.high:+.2f}"
+
+
 def verdict(subject: str, interval: Interval, scale: float = 100.0, unit: str = "points") -> str:
     """``"distillation gained +0.90 points (95% interval +0.30 to +1.50)"``, or that no difference was detected.
 
     ``scale`` turns fractions into the reported unit (100 for accuracy points).
     """
-    span = f"{interval.level:.0%} interval {scale * interval.low:+.2f} to {scale * interval.high:+.2f}"
+    span = _span(interval, scale)
     estimate = f"{scale * interval.estimate:+.2f} {unit}"
     if not interval.excludes_zero():
         return f"no gain or loss from {subject} detected: {estimate} ({span}, which includes zero)"
@@ -130,10 +135,7 @@ def headroom_reading(gain: Interval, headroom: Interval, scale: float = 100.0, u
     """
     if gain.excludes_zero():
         return None
-    lead = (
-        f"{scale * headroom.estimate:+.2f} {unit}, {headroom.level:.0%} interval {scale * headroom.low:+.2f} to "
-        f"{scale * headroom.high:+.2f}"
-    )
+    lead = f"{scale * headroom.estimate:+.2f} {unit}, {_span(headroom, scale)}"
     if headroom.low > 0:
         return (
             f"the teacher is measurably better than the twin ({lead}), so the recipe passed on too little of its "
