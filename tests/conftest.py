@@ -123,6 +123,22 @@ def write_sst2_like(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def tiny_tinybert_student(intermediate: dict, prediction: dict) -> dict:
+    """A config entry for a TinyBERT-style student ``tiny`` (2 layers x 16, 2 heads) with its twin, for the tiny
+    teachers here: ``intermediate`` and ``prediction`` are its two stages' training settings."""
+    return {
+        "name": "tiny",
+        "recipe": "tinybert",
+        "baseline": True,
+        "num_layers": 2,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 48,
+        "intermediate": {"training": intermediate},
+        "prediction": {"training": prediction},
+    }
+
+
 @pytest.fixture
 def sst2_like(tmp_path) -> tuple[Path, Path]:
     """Tiny train/dev TSVs in SST-2's format."""

@@ -11,7 +11,7 @@ import yaml
 
 from distill.config import load_config
 from distill.pipeline import run_pipeline
-from tests.conftest import write_sst2_like
+from tests.conftest import tiny_tinybert_student, write_sst2_like
 
 TRAINING = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50, "logging_steps": 5}
 
@@ -26,17 +26,7 @@ def write_config(tmp_path: Path, teacher_dir: Path) -> Path:
         "teacher": {"source": str(teacher_dir), "min_margin": 0.0, "training": {**TRAINING, "epochs": 4}},
         "students": [
             {"name": "distil", "num_layers": 2, "baseline": True, "training": TRAINING},
-            {
-                "name": "tiny",
-                "recipe": "tinybert",
-                "baseline": True,
-                "num_layers": 2,
-                "hidden_size": 16,
-                "num_attention_heads": 2,
-                "intermediate_size": 48,
-                "intermediate": {"training": TRAINING},
-                "prediction": {"training": TRAINING},
-            },
+            tiny_tinybert_student(TRAINING, TRAINING),
         ],
     }
     path = tmp_path / "config.yaml"

@@ -18,7 +18,7 @@ from distill.data import load_task_data, tokenize
 from distill.evaluate import predict_logits
 from distill.pipeline import run_pipeline
 from distill.train import last_complete_checkpoint
-from tests.conftest import write_sst2_like
+from tests.conftest import tiny_tinybert_student, write_sst2_like
 
 STAGE = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 4, "logging_steps": 2}
 
@@ -35,19 +35,7 @@ def config_path(tmp_path, tiny_encoder_dir) -> Path:
             "min_margin": 0.0,
             "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50},
         },
-        "students": [
-            {
-                "name": "tiny",
-                "recipe": "tinybert",
-                "baseline": True,
-                "num_layers": 2,
-                "hidden_size": 16,
-                "num_attention_heads": 2,
-                "intermediate_size": 48,
-                "intermediate": {"training": STAGE},
-                "prediction": {"training": {**STAGE, "epochs": 1}},
-            }
-        ],
+        "students": [tiny_tinybert_student(STAGE, {**STAGE, "epochs": 1})],
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
