@@ -143,6 +143,6 @@ def headroom_reading(gain: Interval, headroom: Interval, scale: float = 100.0, u
         )
     return (
         f"the teacher itself is not measurably better than the twin ({lead}), which leaves a student little room "
-        "to show a gain on this dev set: a stronger teacher (more teacher.seeds, longer fine-tuning) or a larger "
-        "dev set is what would tell"
+        "to show a gain on this dev set: a stronger teacher (for example a larger pretrained model as "
+        "teacher.source) or a larger dev set is what would tell"
     )
