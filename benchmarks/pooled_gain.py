@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.compare import seed_dirs
 from distill.data import read_table
 from distill.files import read_json, write_json
 from distill.metrics import predictions_from_logits
@@ -24,10 +25,10 @@ from distill.stats import paired_bootstrap, verdict
 
 
 def _seed_predictions(student_dir: Path) -> list[np.ndarray]:
-    seeds = sorted((student_dir / "seeds").iterdir(), key=lambda path: int(path.name))
-    if not seeds:
-        raise SystemExit(f"{student_dir} holds no seeds/K/dev_logits.npy")
-    return [predictions_from_logits(np.load(seed / "dev_logits.npy")) for seed in seeds]
+    """Dev predictions of every seed of a student (``distill.compare.seed_dirs``: one directory for one seed)."""
+    if not (student_dir / "dev_logits.npy").is_file():
+        raise SystemExit(f"{student_dir} holds no dev_logits.npy")
+    return [predictions_from_logits(np.load(seed / "dev_logits.npy")) for seed in seed_dirs(student_dir)]
 
 
 def main() -> None:
