@@ -3,7 +3,7 @@
 ``benchmarks/gpu_evidence.sh`` trains each seed of a config as its own run (``--set 'seeds=[K]'``, the same teacher
 through ``teacher.source``), several at once on one GPU. This script lays their dev-set results out as one
 several-seed run would (``students/NAME/seeds/K``, the best seed copied to ``students/NAME``) and runs
-:func:`distill.compare.run_statistics` on it, so the statistics are the ones ``distill run`` reports.
+:func:`distill.report.statistics.run_statistics` on it, so the statistics are the ones ``distill run`` reports.
 
     python benchmarks/merge_seed_runs.py --out runs/evidence RUN[:SUFFIX] [RUN[:SUFFIX] ...]
         [--pair STUDENT=TWIN] --data-validation ../shared/data/glue/SST-2/dev.tsv
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.compare import run_statistics, seed_dirs, statistics_section
 from distill.config import load_config
 from distill.data import load_task_data
 from distill.files import read_json, write_json
-from distill.students import select_best_seed
+from distill.layout import seed_dirs
+from distill.report.statistics import run_statistics, statistics_section
+from distill.students.stage import select_best_seed
 
 RESULT_FILES = ("eval.json", "dev_logits.npy", "distill.json")
 

@@ -3,8 +3,8 @@
 Each merged result directory (``merge_seed_runs.py``'s output) holds one teacher's students and twins over seeds.
 A single teacher draw can leave too little room above the twin for a gain to show on 872 dev sentences; pooling
 every seed pair of several teacher draws asks whether the recipe gains on average over those draws. The interval
-is the paired bootstrap over dev examples (``distill.stats.paired_bootstrap``) with every seed pair in it, so it
-treats the teachers as given; it says nothing about teachers not drawn.
+is the paired bootstrap over dev examples (``distill.report.statistics.paired_bootstrap``) with every seed pair in
+it, so it treats the teachers as given; it says nothing about teachers not drawn.
 
     python benchmarks/pooled_gain.py RESULT_DIR [RESULT_DIR ...] --data-validation ../shared/data/glue/SST-2/dev.tsv \\
         [--student tiny4] [--out FILE.json]
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.compare import seed_dirs
 from distill.data import read_table
 from distill.files import read_json, write_json
+from distill.layout import seed_dirs
 from distill.metrics import predictions_from_logits
-from distill.stats import paired_bootstrap, verdict
+from distill.report.statistics import paired_bootstrap, verdict
 
 
 def _seed_predictions(student_dir: Path) -> list[np.ndarray]:
-    """Dev predictions of every seed of a student (``distill.compare.seed_dirs``: one directory for one seed)."""
+    """Dev predictions of every seed of a student (``distill.layout.seed_dirs``: one directory for one seed)."""
     if not (student_dir / "dev_logits.npy").is_file():
         raise SystemExit(f"{student_dir} holds no dev_logits.npy")
     return [predictions_from_logits(np.load(seed / "dev_logits.npy")) for seed in seed_dirs(student_dir)]

@@ -26,7 +26,7 @@ import numpy as np
 from distill.data import read_table
 from distill.files import write_json
 from distill.metrics import predictions_from_logits
-from distill.stats import paired_bootstrap, verdict
+from distill.report.statistics import paired_bootstrap, verdict
 
 
 def _predictions(directory: Path) -> np.ndarray:

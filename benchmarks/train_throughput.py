@@ -51,8 +51,9 @@ def run_mode(mode: str, teacher_dir: Path, examples: int, steps: int, precision:
     from distill.data import load_task_data, tokenize
     from distill.mapping import select_layers
     from distill.objective import DistilBertObjective, IntermediateObjective, LabelObjective
-    from distill.students import build_distilbert_student
-    from distill.tinybert import SCORES_ATTENTION, ProjectedStudent, build_tinybert_student
+    from distill.students.attention import SCORES_ATTENTION, ProjectedStudent
+    from distill.students.tinybert import build_tinybert_student
+    from distill.students.truncate import build_distilbert_student
     from distill.train import train_model
 
     distributed.init_from_environment()

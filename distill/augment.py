@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from distill.cache import local_teacher_logits
+from distill.cache import cache_file, cached_logits, teacher_pass
 from distill.config import AugmentationConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
@@ -214,8 +214,10 @@ def augment_training_set(
     teacher_logits = None
     if cfg.filter_disagreeing and not data.is_regression and augmented:
         # the originals' logits are the same for every seed and every student: the shared logit cache keeps them
-        source_logits, _ = local_teacher_logits(
-            tokenize(data.train, tokenizer, max_length), teacher, teacher_dir, tokenizer, cache_dir, cfg.batch_size
+        originals = tokenize(data.train, tokenizer, max_length)
+        source_logits, _ = cached_logits(
+            cache_file(originals, teacher_dir, cache_dir),
+            lambda: teacher_pass(teacher, originals, tokenizer, cfg.batch_size),
         )
         new = datasets.Dataset.from_list(augmented, features=data.train.features)
         new_logits = predict_logits(

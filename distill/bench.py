@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,35 +17,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from distill.config import BenchConfig
+from distill.config import BenchConfig, Config
+from distill.data import TaskData, tokenize
+from distill.env import available_cores, host_info, library_versions, other_cpu_load
 from distill.errors import ConfigError, StageError
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.files import write_json
+from distill.layout import TEACHER, RunLayout
 from distill.metrics import agreement, compute_metrics, predictions_from_logits
+from distill.records import BenchResults
 from distill.runtime import MODEL_FILES, create_session, onnx_logits, padded_feeds
 
-CPU_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "avx_vnni",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-    "asimd",
-    "asimddp",
-    "sve",
-    "i8mm",
-    "bf16",
-)
-LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "tokenizers", "datasets")
 MIN_TIMED_ITERATIONS = 5
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 
@@ -77,67 +56,6 @@ class Artifact:
                 f"artifact {self.name}: runtime must be pytorch or onnxruntime and role teacher or "
                 f"student, got runtime={self.runtime!r}, role={self.role!r}"
             )
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity and cgroup-pinned cores, not the whole machine)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def host_info() -> dict[str, Any]:
-    """CPU model, core counts, the SIMD/matrix flags that matter for inference speed, and the platform."""
-    cpu_model, flags = "", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware") and not cpu_model:
-                cpu_model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    return {
-        "cpu": cpu_model or platform.processor() or platform.machine(),
-        "logical_cores": os.cpu_count(),
-        "available_cores": available_cores(),
-        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
-        "platform": platform.platform(),
-    }
-
-
-def other_cpu_load(seconds: float = 1.0) -> float | None:
-    """Cores' worth of CPU time other processes used over ``seconds`` while this one slept (Linux only).
-
-    Unlike the load average, it does not count this process's own recent work (such as training just before).
-    """
-    stat = Path("/proc/stat")
-    if not stat.is_file():
-        return None
-
-    def busy_and_total() -> tuple[int, int]:
-        fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields) - idle, sum(fields)
-
-    busy_start, total_start = busy_and_total()
-    time.sleep(seconds)
-    busy_end, total_end = busy_and_total()
-    if total_end == total_start:
-        return 0.0
-    return round((busy_end - busy_start) / (total_end - total_start) * (os.cpu_count() or 1), 2)
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries whose behaviour shapes the numbers (``None`` when not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _max_positions(artifact: Artifact) -> int | None:
@@ -265,67 +183,6 @@ def _runner_with_threads(artifact: Artifact, run: Runner, threads: int) -> Runne
         return run
     session = create_session(artifact.path, threads)
     return lambda feeds: session.run(None, feeds)
-
-
-def deployed_artifact(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """The artifact row of ``name``'s deployed model: its fastest ONNX file present, as ``distill predict``
-    chooses (None when it has no ONNX rows)."""
-    preference = list(MODEL_FILES.values())  # fastest first
-    candidates = [row for row in rows if row["name"] == name and row["runtime"] == "onnxruntime"]
-    return min(candidates, key=lambda row: preference.index(row["precision"])) if candidates else None
-
-
-def gate_failures(results: dict[str, Any], gates: Any) -> list[str]:
-    """Every CI gate that a student's deployed artifact fails, as sentences (empty when all pass or none is set).
-
-    The deployed artifact is the student's fastest ONNX file present (the one ``distill predict`` uses); speed-up
-    is against the teacher's PyTorch p50 at batch 1 and the longest benchmarked sequence.
-    """
-    if gates.max_accuracy_drop is None and gates.min_speedup is None and gates.max_size_ratio is None:
-        return []
-    metric = results["metric_names"][0]
-    rows = results["artifacts"]
-    teacher = next(row for row in rows if row["role"] == "teacher" and row["runtime"] == "pytorch")
-    seq = max(row["seq"] for row in results["latency"])
-
-    def p50(row: dict[str, Any]) -> float | None:
-        return next(
-            (
-                point["p50_ms"]
-                for point in results["latency"]
-                if point["batch"] == 1
-                and point["seq"] == seq
-                and (point["name"], point["runtime"], point["precision"])
-                == (row["name"], row["runtime"], row["precision"])
-            ),
-            None,
-        )
-
-    failures = []
-    for name in sorted({row["name"] for row in rows if row["role"] == "student"}):
-        deployed = deployed_artifact(rows, name)
-        if deployed is None:
-            continue
-        label = f"student {name} ({deployed['precision']} ONNX)"
-        drop = teacher["metrics"][metric] - deployed["metrics"][metric]
-        if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:
-            failures.append(
-                f"{label} loses {drop:.4f} {metric} against the teacher, "
-                f"more than bench.gates.max_accuracy_drop={gates.max_accuracy_drop}"
-            )
-        mine, reference = p50(deployed), p50(teacher)
-        if gates.min_speedup is not None and mine and reference and reference / mine < gates.min_speedup:
-            failures.append(
-                f"{label} is {reference / mine:.2f}x faster than the teacher at batch 1, seq {seq}, "
-                f"less than bench.gates.min_speedup={gates.min_speedup}"
-            )
-        ratio = deployed["size_bytes"] / teacher["size_bytes"]
-        if gates.max_size_ratio is not None and ratio > gates.max_size_ratio:
-            failures.append(
-                f"{label} is {ratio:.2f}x the teacher's size, "
-                f"more than bench.gates.max_size_ratio={gates.max_size_ratio}"
-            )
-    return failures
 
 
 def latency_inputs(token_pool: np.ndarray, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
@@ -463,3 +320,49 @@ def benchmark_artifacts(
     }
     write_json(Path(out_path), results)
     return results
+
+
+def plan(cfg: BenchConfig) -> str:
+    """What the bench stage is about to measure, in one line."""
+    threads = cfg.threads or available_cores()
+    return (
+        f"timing every artifact at batch sizes {cfg.batch_sizes} x sequence lengths {cfg.seq_lengths} "
+        f"on {threads} thread(s), then scoring each on the dev split"
+    )
+
+
+def bench_models(config: Config, data: TaskData, layout: RunLayout, names: list[str]) -> tuple[dict[str, Any], str]:
+    """Benchmark the PyTorch model and every ONNX file of each of ``names`` into ``layout.results``.
+
+    Returns the manifest summary and one line naming the fastest student file against the teacher.
+    """
+    artifacts = []
+    for name in names:
+        role: Literal["teacher", "student"] = "teacher" if name == TEACHER else "student"
+        artifacts.append(Artifact(name, "pytorch", "fp32", layout.model(name), role))
+        for file_name, precision in reversed(MODEL_FILES.items()):  # fp32 first, then faster variants
+            if (layout.bundle(name) / file_name).is_file():
+                artifacts.append(Artifact(name, "onnxruntime", precision, layout.bundle(name) / file_name, role))
+    tokenizer = AutoTokenizer.from_pretrained(layout.teacher)
+    validation = tokenize(data.validation, tokenizer, config.data.max_length)
+    raw = benchmark_artifacts(
+        artifacts, validation, data.metrics, TEACHER, config.bench, layout.results, is_regression=data.is_regression
+    )
+    results = BenchResults.model_validate(raw)
+    return {"results": str(layout.results.relative_to(layout.root))}, _fastest_line(results)
+
+
+def _fastest_line(results: BenchResults) -> str:
+    point = results.single_request_point()
+    teacher = results.teacher_row()
+    reference = results.p50(teacher, *point) if point else None
+    timed = [(results.p50(row, *point), row) for row in results.artifacts if row.role == "student" and point]
+    timed = [(p50, row) for p50, row in timed if p50]
+    if not timed or not reference:
+        return f"{len(results.artifacts)} artifact(s) measured"
+    p50, row = min(timed, key=lambda item: item[0])
+    return (
+        f"{len(results.artifacts)} artifact(s) measured; fastest student file {row.label}: {reference / p50:.2f}x the "
+        f"teacher's PyTorch speed at batch {point[0]}, sequence {point[1]}, dev {results.metric} "
+        f"{row.metrics[results.metric]:.4f} vs {teacher.metrics[results.metric]:.4f}"
+    )

@@ -13,6 +13,7 @@ In a data-parallel run the ranks compute the logits in parallel, each a contiguo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +44,20 @@ def cache_file(train_set: Dataset, teacher_dir: Path, cache_dir: Path) -> Path:
     return cache_dir / f"teacher-logits-{key}.npy"
 
 
-def local_teacher_logits(
-    train_set: Dataset,
-    teacher: PreTrainedModel,
-    teacher_dir: Path,
-    tokenizer: PreTrainedTokenizerBase,
-    cache_dir: Path,
-    batch_size: int = 128,
-) -> tuple[np.ndarray, bool]:
-    """The teacher's logits on ``train_set`` from the same cache, computed by this process alone on a miss.
+def teacher_pass(
+    teacher: PreTrainedModel, rows: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, show: bool = True
+) -> np.ndarray:
+    """The teacher's logits on ``rows``, as the cache stores them (with a progress bar when ``show``)."""
+    return predict_logits(teacher, rows, tokenizer, batch_size, desc="teacher logits (cached once)" if show else None)
 
-    No collective calls, so one rank can use it while the others wait (augmentation's filter runs on rank 0).
-    Returns the logits and whether the cache had them.
-    """
-    path = cache_file(train_set, teacher_dir, cache_dir)
+
+def cached_logits(path: Path, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The logits cached at ``path`` (see :func:`cache_file`), or ``compute()``'s, then cached; and whether the cache
+    had them. No collective calls, so one rank can use it while the others wait (augmentation's filter runs on
+    rank 0)."""
     if path.is_file():
         return np.load(path), True
-    logits = predict_logits(teacher, train_set, tokenizer, batch_size, desc="teacher logits (cached once)")
+    logits = compute()
     save_array(path, logits)
     return logits, False
 
@@ -82,20 +80,21 @@ def with_teacher_logits(
     if known is not None and len(known) != len(train_set):
         raise ValueError(f"known teacher logits have {len(known)} rows for a training set of {len(train_set)}")
     path = cache_file(train_set, teacher_dir, cache_dir)
-    hit = distributed.broadcast(path.is_file())
+    hit = distributed.on_main(path.is_file)  # rank 0's disk decides, for every rank
     if hit:
         logits = np.load(path)
-    elif known is not None:  # every rank holds them
-        logits = known.astype(np.float32, copy=False)
-        if distributed.is_main():
-            save_array(path, logits)
-    else:  # in a data-parallel run each rank computes a contiguous share; rank 0 saves the whole
-        start, end = distributed.shard_bounds(len(train_set))
-        desc = "teacher logits (cached once)" if distributed.is_main() else None
-        part = predict_logits(teacher, train_set.select(range(start, end)), tokenizer, batch_size, desc=desc)
-        logits = distributed.gather_rows(part)
-        if distributed.is_main():
-            save_array(path, logits)
+    else:  # every rank holds ``known``; otherwise in a data-parallel run each rank computes a contiguous share
+        logits = (
+            known.astype(np.float32, copy=False)
+            if known is not None
+            else distributed.sharded(
+                len(train_set),
+                lambda start, end, show: teacher_pass(
+                    teacher, train_set.select(range(start, end)), tokenizer, batch_size, show
+                ),
+            )
+        )
+        distributed.on_main(lambda: save_array(path, logits))
     if TEACHER_LOGITS in train_set.column_names:
         train_set = train_set.remove_columns(TEACHER_LOGITS)
     return train_set.add_column(TEACHER_LOGITS, logits.tolist()), {

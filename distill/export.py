@@ -18,11 +18,10 @@ from distill.config import ExportConfig
 from distill.errors import ExportError
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.files import atomic_dir, write_json
+from distill.layout import DEV_LOGITS_FILE, FIDELITY_FILE
 from distill.metrics import agreement, predictions_from_logits
 from distill.runtime import ONNX_FILE, create_session, onnx_logits
 
-FIDELITY_FILE = "fidelity.json"
-DEV_LOGITS_FILE = "dev_logits.npy"
 # The shape traced at export time; any shape works afterwards thanks to the dynamic axes.
 TRACE_BATCH, TRACE_SEQ = 2, 16
 

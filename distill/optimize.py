@@ -26,6 +26,7 @@ from distill.config import ExportConfig, Int8Config
 from distill.errors import ExportError
 from distill.export import op_counts
 from distill.files import read_json, write_json
+from distill.layout import DEV_LOGITS_FILE, FIDELITY_FILE
 from distill.metrics import compute_metrics, predictions_from_logits
 from distill.runtime import INT8_FILE, OPTIMIZED_FILE, create_session, onnx_logits
 
@@ -231,7 +232,7 @@ def optimize_bundle(
     """
     fp32 = bundle_dir / "model.onnx"
     model_config = json.loads((bundle_dir / "config.json").read_text(encoding="utf-8"))
-    reference = np.load(bundle_dir / "dev_logits.npy")
+    reference = np.load(bundle_dir / DEV_LOGITS_FILE)
     record: dict[str, Any] = {"optimized": {"enabled": cfg.optimize}, "int8": {"enabled": cfg.int8.enabled}}
     optimized_path: Path | None = None
     for stale in (OPTIMIZED_FILE, INT8_FILE):
@@ -289,6 +290,6 @@ def optimize_bundle(
         if not target.is_file():
             record["int8"]["reason"] = "no INT8 setting kept within the fidelity budget; only fp32 is shipped"
 
-    fidelity = read_json(bundle_dir / "fidelity.json")
-    write_json(bundle_dir / "fidelity.json", {**fidelity, **record})
+    fidelity = read_json(bundle_dir / FIDELITY_FILE)
+    write_json(bundle_dir / FIDELITY_FILE, {**fidelity, **record})
     return record

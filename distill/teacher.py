@@ -10,17 +10,26 @@ from typing import Any
 
 import click
 import numpy as np
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, set_seed
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    set_seed,
+)
 
 from distill import distributed
 from distill.config import Config, TeacherConfig
 from distill.data import TaskData, majority_baseline, tokenize
 from distill.errors import TeacherError
 from distill.evaluate import evaluate_logits, predict_logits
-from distill.files import read_json, save_array, write_json
+from distill.files import read_json, save_array
+from distill.layout import DEV_LOGITS_FILE, EVAL_FILE
 from distill.metrics import compute_metrics
 from distill.objective import LabelObjective
-from distill.train import TrainResult, remove_checkpoints, train_model
+from distill.records import CandidateEval, Candidates, CandidateScore, TeacherEval
+from distill.train import TrainResult, budget, remove_checkpoints, train_model
 
 BUNDLED_PREFIX = "bundled:"
 HUB_PREFIX = "hub:"
@@ -78,6 +87,29 @@ def _generic_labels(id2label: dict[int, str]) -> bool:
     return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
 
 
+def head_problem(config: PretrainedConfig, source: str, data: TaskData) -> str | None:
+    """Why a checkpoint that already has a trained classification head cannot serve this task's labels as it is,
+    or None (also None for a checkpoint without one: distill gives it a new head)."""
+    if not any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or [])):
+        return None
+    if config.num_labels != data.num_labels:
+        return (
+            f"teacher {source!r} has {config.num_labels} labels but the task has {data.num_labels}; use a teacher "
+            "trained on this task or set teacher.finetune: always to train a new head"
+        )
+    names = {int(i): name for i, name in config.id2label.items()}
+    if (
+        data.label_names is not None
+        and not _generic_labels(names)
+        and [names[i] for i in sorted(names)] != data.label_names
+    ):
+        return (
+            f"teacher {source!r} has labels {[names[i] for i in sorted(names)]} but the task has {data.label_names}; "
+            "set data.label_names in the teacher's order or set teacher.finetune: always"
+        )
+    return None
+
+
 def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> LoadedTeacher:
     """Load the teacher (safetensors only, no remote code) with a classification head for ``data``'s labels.
 
@@ -95,24 +127,10 @@ def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> Loa
         raise TeacherError(
             f"could not load teacher {source!r} ({str(err).splitlines()[0]}); check teacher.source"
         ) from err
-    is_classifier = any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
-    if is_classifier and not replace_head:
-        if config.num_labels != data.num_labels:
-            raise TeacherError(
-                f"teacher {source!r} has {config.num_labels} labels but the task has {data.num_labels}; use a teacher "
-                "trained on this task or set teacher.finetune: always to train a new head"
-            )
-        names = {int(i): name for i, name in config.id2label.items()}
-        if (
-            data.label_names is not None
-            and not _generic_labels(names)
-            and [names[i] for i in sorted(names)] != data.label_names
-        ):
-            raise TeacherError(
-                f"teacher {source!r} has labels {[names[i] for i in sorted(names)]} "
-                f"but the task has {data.label_names}; "
-                "set data.label_names in the teacher's order or set teacher.finetune: always"
-            )
+    if not replace_head:
+        problem = head_problem(config, source, data)
+        if problem:
+            raise TeacherError(problem)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             location,
@@ -150,7 +168,7 @@ def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
     otherwise unknown (None)."""
     if finetuned_here:
         return location
-    earlier = Path(location) / "eval.json"
+    earlier = Path(location) / EVAL_FILE
     if not earlier.is_file():
         return None
     record = read_json(earlier)
@@ -166,16 +184,13 @@ def _load_seeded(settings: TeacherConfig, data: TaskData, seed: int) -> LoadedTe
 
 
 def _candidate_done(work_dir: Path) -> bool:
-    return (work_dir / "eval.json").is_file() and (work_dir / "model.safetensors").is_file()
+    return (work_dir / EVAL_FILE).is_file() and (work_dir / "model.safetensors").is_file()
 
 
-@dataclass
-class _Candidates:
-    """The teacher fine-tuned once per seed: the best on dev, its record, and every candidate's record."""
-
-    model: PreTrainedModel
-    best: dict[str, Any]
-    records: list[dict[str, Any]]
+def _evaluate(model: PreTrainedModel, validation: Any, tokenizer: Any, data: TaskData, batch_size: int, desc: str):
+    """``(dev logits, dev metrics)`` of ``model``."""
+    logits = predict_logits(model, validation, tokenizer, batch_size=batch_size, desc=desc)
+    return logits, evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
 
 
 def _fine_tune_candidates(
@@ -185,46 +200,56 @@ def _fine_tune_candidates(
     validation: Any,
     tokenizer: Any,
     teacher_dir: Path,
-) -> _Candidates | None:
-    """Fine-tune one teacher per ``config.teacher_seeds()`` in ``teacher_dir/candidates/seed-K`` and keep the one
-    with the best dev metric (the first seed on a tie); None on a follower rank.
+) -> list[CandidateEval]:
+    """Fine-tune one teacher per ``config.teacher_seeds()`` in ``teacher_dir/candidates/seed-K``; returns every
+    candidate's record (the weights stay in its folder).
 
     Candidate K is the teacher a run with ``seed: K`` fine-tunes: its new classification head is initialised under
     seed K too (:func:`_load_seeded`). A finished candidate (its ``eval.json`` and weights on disk) is not trained
     again.
     """
     settings = config.teacher
-    records: list[dict[str, Any]] = []
+    records: list[CandidateEval] = []
     for seed in config.teacher_seeds():
         work_dir = teacher_dir / "candidates" / f"seed-{seed}"
-        if not distributed.broadcast(_candidate_done(work_dir)):
+        if not distributed.on_main(lambda work_dir=work_dir: _candidate_done(work_dir)):
             result = fine_tune(_load_seeded(settings, data, seed).model, work_dir, seed)
-            if distributed.is_main():
-                logits = predict_logits(
-                    result.model,
-                    validation,
-                    tokenizer,
-                    batch_size=settings.training.eval_batch_size,
-                    desc=f"teacher seed {seed} dev",
+
+            def save(result=result, work_dir=work_dir, seed=seed) -> None:
+                logits, metrics = _evaluate(
+                    result.model, validation, tokenizer, data, settings.training.eval_batch_size, f"teacher seed {seed}"
                 )
-                metrics = evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
                 result.model.save_pretrained(work_dir)
-                save_array(work_dir / "dev_logits.npy", logits)
-                write_json(work_dir / "eval.json", {"seed": seed, "metrics": metrics, "history": result.history})
+                save_array(work_dir / DEV_LOGITS_FILE, logits)
+                CandidateEval(seed=seed, metrics=metrics, history=result.history).save(work_dir / EVAL_FILE)
                 remove_checkpoints(work_dir)
-        if distributed.is_main():
-            records.append(read_json(work_dir / "eval.json"))
-            click.echo(f"[teacher] seed {seed}: dev {data.main_metric} {records[-1]['metrics'][data.main_metric]:.4f}")
-    if not distributed.is_main():
-        return None
-    best = max(records, key=lambda record: record["metrics"][data.main_metric])  # max keeps the first of equals
-    model = AutoModelForSequenceClassification.from_pretrained(
-        teacher_dir / "candidates" / f"seed-{best['seed']}", use_safetensors=True
-    )
-    return _Candidates(model, best, records)
+
+            distributed.on_main(save)
+        records.append(distributed.on_main(lambda work_dir=work_dir: CandidateEval.load(work_dir / EVAL_FILE)))
+        click.echo(f"[teacher] seed {seed}: dev {data.main_metric} {records[-1].metrics[data.main_metric]:.4f}")
+    return records
 
 
-def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict[str, Any] | None:
+def plan(config: Config, data: TaskData) -> str:
+    """What the teacher stage is about to do, in one line (reads only the teacher's config.json)."""
+    settings = config.teacher
+    unit = "pairs" if data.has_pair else "sentences"
+    try:
+        location = resolve_source(settings.source)
+        trained = settings.finetune != "always" and any(
+            arch.endswith("ForSequenceClassification")
+            for arch in (AutoConfig.from_pretrained(location).architectures or [])
+        )
+    except (OSError, ValueError, TeacherError):
+        trained = False
+    if trained:
+        return f"evaluating {settings.source} as given on {len(data.validation):,} dev {unit}"
+    seeds = config.teacher_seeds()
+    each = f", once per seed {seeds} (the best on dev kept)" if len(seeds) > 1 else ""
+    return f"fine-tuning {settings.source} on {len(data.train):,} training {unit}, {budget(settings.training)}{each}"
+
+
+def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> TeacherEval:
     """Load (and when needed fine-tune) the teacher, evaluate it on dev, gate it, and save it to ``teacher_dir``.
 
     With several ``teacher.seeds`` the teacher is fine-tuned once per seed and the best on dev is kept
@@ -232,8 +257,8 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
     ``teacher_dir/candidates/seed-K``, their weights are removed once the chosen one is saved.
 
     Writes ``teacher_dir``: the HF model and tokenizer, ``eval.json`` and ``dev_logits.npy`` ``(n_dev, num_labels)``.
-    Returns the contents of ``eval.json``; on a follower rank of a data-parallel run, None once its share of the
-    fine-tuning is done (rank 0 alone evaluates and writes).
+    In a data-parallel run every rank fine-tunes; rank 0 alone evaluates and writes, and every rank returns the
+    record.
     """
     settings = config.teacher
     seeds = config.teacher_seeds()
@@ -244,14 +269,12 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
             "set teacher.finetune: auto to fine-tune it on the task"
         )
     finetune = settings.finetune == "always" or not loaded.has_trained_head
-    if not finetune and len(seeds) > 1 and distributed.is_main():
+    if not finetune and len(seeds) > 1:
         click.echo(f"note: teacher.seeds {seeds} unused: the teacher already has a trained head and is used as given")
-    if not finetune and not distributed.is_main():
-        return None
     tokenizer, model = loaded.tokenizer, loaded.model
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     history: list[dict[str, Any]] = []
-    candidates: dict[str, Any] | None = None
+    candidates: Candidates | None = None
     if finetune:
         train_set = tokenize(data.train, tokenizer, config.data.max_length)
 
@@ -270,52 +293,54 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> dict
 
         if len(seeds) > 1:
             del model, loaded.model  # each candidate loads its own copy
-            chosen = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir)
-            if chosen is None:
-                return None
-            model, history = chosen.model, chosen.best["history"]
-            candidates = {
-                "chosen_seed": chosen.best["seed"],
-                "selected_on": "validation",
-                "seeds": [{"seed": c["seed"], "metrics": c["metrics"]} for c in chosen.records],
-            }
+            records = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir)
+            best = max(records, key=lambda record: record.metrics[data.main_metric])  # max keeps the first of equals
+            model, history = None, best.history
+            candidates = Candidates(
+                chosen_seed=best.seed,
+                seeds=[CandidateScore(seed=record.seed, metrics=record.metrics) for record in records],
+            )
         else:
             result = fine_tune(model, teacher_dir, seeds[0])
-            if not distributed.is_main():
-                return None
             model, history = result.model, result.history
-    logits = predict_logits(
-        model, validation, tokenizer, batch_size=settings.training.eval_batch_size, desc="teacher dev"
-    )
-    metrics = evaluate_logits(logits, np.asarray(data.validation["label"]), data.metrics)
-    baseline = majority_baseline(data)
-    baseline_metrics = {}
-    if baseline:
-        constant = np.full(len(data.validation), data.label_names.index(baseline["label"]))  # type: ignore[union-attr]
-        baseline_metrics = compute_metrics(data.metrics, constant, np.asarray(data.validation["label"]))
-    refusal = quality_gate(metrics, baseline_metrics, data.main_metric, settings.min_margin)
-    if refusal is not None:
-        raise TeacherError(refusal)
-    model.save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
-    save_array(teacher_dir / "dev_logits.npy", logits)
-    record = {
-        "source": settings.source,
-        "resolved_from": loaded.location,
-        "finetuned_here": finetune,
-        "seed": (candidates["chosen_seed"] if candidates else seeds[0]) if finetune else None,
-        "pretrained_from": pretrained_origin(loaded.location, finetune),
-        "metrics": metrics,
-        "main_metric": data.main_metric,
-        "majority_baseline": {"label": baseline.get("label"), **baseline_metrics},
-        "min_margin": settings.min_margin,
-        "train_examples": len(data.train),
-        "dev_examples": len(data.validation),
-        "history": history,
-        **({"candidates": candidates} if candidates else {}),
-    }
-    write_json(teacher_dir / "eval.json", record)
-    remove_checkpoints(teacher_dir)
-    for weights in (teacher_dir / "candidates").glob("seed-*/model.safetensors"):
-        weights.unlink()  # the chosen one is in teacher_dir; the others' records and dev logits stay
-    return record
+
+    def finish() -> TeacherEval:
+        chosen = model
+        if chosen is None:  # several candidates: the best one's weights are in its folder
+            chosen = AutoModelForSequenceClassification.from_pretrained(
+                teacher_dir / "candidates" / f"seed-{candidates.chosen_seed}", use_safetensors=True
+            )
+        logits, metrics = _evaluate(chosen, validation, tokenizer, data, settings.training.eval_batch_size, "teacher")
+        baseline = majority_baseline(data)
+        baseline_metrics = {}
+        if baseline:
+            constant = np.full(len(data.validation), data.label_names.index(baseline["label"]))  # type: ignore[union-attr]
+            baseline_metrics = compute_metrics(data.metrics, constant, np.asarray(data.validation["label"]))
+        refusal = quality_gate(metrics, baseline_metrics, data.main_metric, settings.min_margin)
+        if refusal is not None:
+            raise TeacherError(refusal)
+        chosen.save_pretrained(teacher_dir)
+        tokenizer.save_pretrained(teacher_dir)
+        save_array(teacher_dir / DEV_LOGITS_FILE, logits)
+        record = TeacherEval(
+            source=settings.source,
+            resolved_from=loaded.location,
+            finetuned_here=finetune,
+            seed=(candidates.chosen_seed if candidates else seeds[0]) if finetune else None,
+            pretrained_from=pretrained_origin(loaded.location, finetune),
+            metrics=metrics,
+            main_metric=data.main_metric,
+            majority_baseline={"label": baseline.get("label"), **baseline_metrics},
+            min_margin=settings.min_margin,
+            train_examples=len(data.train),
+            dev_examples=len(data.validation),
+            history=history,
+            candidates=candidates,
+        )
+        record.save(teacher_dir / EVAL_FILE)
+        remove_checkpoints(teacher_dir)
+        for weights in (teacher_dir / "candidates").glob("seed-*/model.safetensors"):
+            weights.unlink()  # the chosen one is in teacher_dir; the others' records and dev logits stay
+        return record
+
+    return distributed.on_main(finish)

@@ -189,7 +189,7 @@ def resolve_precision(requested: str) -> tuple[bool, str]:
         if torch.cuda.is_bf16_supported():
             return True, f"bf16 autocast on {torch.cuda.get_device_name()}"
         return False, f"fp32: bf16 was requested but {torch.cuda.get_device_name()} does not support it"
-    from distill.bench import host_info
+    from distill.env import host_info
 
     flags = host_info()["cpu_flags"]
     present = [flag for flag in BF16_CPU_FLAGS if flag in flags]
@@ -285,12 +285,12 @@ def train_model(
         callbacks=callbacks,
     )
     # rank 0 looks at the disk (removing a checkpoint cut short by a kill) and tells every rank where to resume
-    last_checkpoint = distributed.broadcast(last_complete_checkpoint(checkpoint_dir) if is_main else None)
+    last_checkpoint = distributed.on_main(lambda: last_complete_checkpoint(checkpoint_dir))
     trainer.train(resume_from_checkpoint=last_checkpoint)
     distributed.barrier()  # rank 0 may still be saving the best checkpoint
     if not select_best:
         return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
-    if not distributed.broadcast((best_dir / "best.json").is_file()):  # rank 0's disk decides, for every rank
+    if not distributed.on_main((best_dir / "best.json").is_file):  # rank 0's disk decides, for every rank
         trainer.evaluate()  # on every rank: evaluation is sharded across them
         distributed.barrier()
     if not is_main:  # followers are done: rank 0 evaluates and saves the result
@@ -299,6 +299,12 @@ def train_model(
     best_model = AutoModelForSequenceClassification.from_pretrained(best_dir)
     history = list(trainer.state.log_history)
     return TrainResult(best_model, best, history, last_checkpoint, precision)
+
+
+def budget(training: TrainingConfig) -> str:
+    """A training budget in words: ``"2 epoch(s), batch 32, learning rate 0.0001"``."""
+    length = f"{training.max_steps} steps" if training.max_steps else f"{training.epochs:g} epoch(s)"
+    return f"{length}, batch {training.batch_size}, learning rate {training.learning_rate:g}"
 
 
 def remove_checkpoints(work_dir: Path) -> None:

@@ -10,8 +10,7 @@ from distill.cache import with_teacher_logits
 from distill.config import TrainingConfig
 from distill.data import tokenize
 from distill.evaluate import predict_logits
-from distill.objective import DistilBertObjective
-from distill.students import logits_only
+from distill.objective import DistilBertObjective, logits_only
 from distill.train import TEACHER_LOGITS, train_model
 from tests.conftest import make_tiny_bert, tiny_task
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from distill.bench import gate_failures
 from distill.config import GateConfig
+from distill.gates import gate_failures
+from distill.records import BenchResults
 
 
-def results() -> dict:
+def results() -> BenchResults:
     def artifact(name, role, runtime, precision, accuracy, size):
         return {
             "name": name,
@@ -14,27 +15,31 @@ def results() -> dict:
             "runtime": runtime,
             "precision": precision,
             "size_bytes": size,
+            "parameters": 0,
             "metrics": {"accuracy": accuracy},
         }
 
     def point(name, runtime, precision, p50, seq=128):
         return {"name": name, "runtime": runtime, "precision": precision, "batch": 1, "seq": seq, "p50_ms": p50}
 
-    return {
-        "metric_names": ["accuracy"],
-        "artifacts": [
-            artifact("teacher", "teacher", "pytorch", "fp32", 0.90, 100),
-            artifact("s3", "student", "pytorch", "fp32", 0.89, 70),
-            artifact("s3", "student", "onnxruntime", "fp32", 0.89, 70),
-            artifact("s3", "student", "onnxruntime", "int8", 0.88, 25),
-        ],
-        "latency": [
-            point("teacher", "pytorch", "fp32", 40.0),
-            point("teacher", "pytorch", "fp32", 10.0, seq=32),
-            point("s3", "onnxruntime", "fp32", 16.0),
-            point("s3", "onnxruntime", "int8", 8.0),
-        ],
-    }
+    return BenchResults.model_validate(
+        {
+            "host": {},
+            "metric_names": ["accuracy"],
+            "artifacts": [
+                artifact("teacher", "teacher", "pytorch", "fp32", 0.90, 100),
+                artifact("s3", "student", "pytorch", "fp32", 0.89, 70),
+                artifact("s3", "student", "onnxruntime", "fp32", 0.89, 70),
+                artifact("s3", "student", "onnxruntime", "int8", 0.88, 25),
+            ],
+            "latency": [
+                point("teacher", "pytorch", "fp32", 40.0),
+                point("teacher", "pytorch", "fp32", 10.0, seq=32),
+                point("s3", "onnxruntime", "fp32", 16.0),
+                point("s3", "onnxruntime", "int8", 8.0),
+            ],
+        }
+    )
 
 
 def test_no_gates_configured_means_no_failures():

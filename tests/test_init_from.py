@@ -11,9 +11,10 @@ from transformers import AutoModelForSequenceClassification
 from distill.config import DistilBertStudentConfig, TinyBertStudentConfig, label_only_twin
 from distill.errors import StudentError
 from distill.files import write_json
-from distill.students import build_distilbert_student, initialisation_source
+from distill.students.init import initialisation_source
+from distill.students.tinybert import build_tinybert_student
+from distill.students.truncate import build_distilbert_student
 from distill.teacher import pretrained_origin
-from distill.tinybert import build_tinybert_student
 
 QUERY = "bert.encoder.layer.{}.attention.self.query.weight"
 

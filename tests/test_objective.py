@@ -165,7 +165,7 @@ def test_gradients_reach_the_student_only():
 def test_student_equal_to_teacher_has_zero_kd_and_cos(tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from distill.students import build_distilbert_student
+    from distill.students.truncate import build_distilbert_student
 
     teacher_model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
     layer_map = list(range(teacher_model.config.num_hidden_layers))
@@ -179,3 +179,29 @@ def test_student_equal_to_teacher_has_zero_kd_and_cos(tiny_bert_dir):
     assert terms["kd"].item() == pytest.approx(0.0, abs=1e-5)
     assert terms["cos"].item() == pytest.approx(0.0, abs=1e-5)
     assert terms["ce"].item() > 0
+
+
+def test_objectives_are_built_from_their_config_sections():
+    from distill.config import DistilBertStudentConfig, IntermediateStageConfig, PredictionStageConfig
+    from distill.objective import IntermediateObjective
+
+    spec = DistilBertStudentConfig(name="s", temperature=3.0, kd_loss="mse", alpha_kd=0.1, alpha_ce=0.2, alpha_cos=0.3)
+    assert DistilBertObjective.from_spec(spec, [1, 3]) == DistilBertObjective(
+        layer_map=[1, 3], temperature=3.0, kd_loss="mse", alpha_kd=0.1, alpha_ce=0.2, alpha_cos=0.3
+    )
+    stage2 = PredictionStageConfig(temperature=4.0, kd_loss="soft_ce", alpha_kd=0.6, alpha_ce=0.4)
+    assert DistilBertObjective.from_stage(stage2, [0]) == DistilBertObjective(
+        layer_map=[0], temperature=4.0, kd_loss="soft_ce", alpha_kd=0.6, alpha_ce=0.4, alpha_cos=0.0
+    )
+    stage1 = IntermediateStageConfig(alpha_embedding=0.5, alpha_hidden=2.0, alpha_attention=0.0)
+    assert IntermediateObjective.from_stage(stage1, [1, 3], heads=2) == IntermediateObjective(
+        layer_map=[1, 3], alpha_embedding=0.5, alpha_hidden=2.0, alpha_attention=0.0, student_heads=2
+    )
+
+
+def test_labels_only_distilbert_objective_trains_without_a_teacher():
+    student, _, labels, mask = make_outputs()
+    objective = DistilBertObjective(layer_map=LAYER_MAP, alpha_kd=0.0, alpha_ce=1.0, alpha_cos=0.0)
+    assert not objective.needs_teacher
+    total, terms = objective(student, None, labels, mask)
+    assert set(terms) == {"ce"} and total.item() == pytest.approx(terms["ce"].item())

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from distill import bench
+from distill import env
 from distill.config import TrainingConfig
 from distill.train import resolve_precision
 
 
 def with_flags(monkeypatch, flags):
-    monkeypatch.setattr(bench, "host_info", lambda: {"cpu_flags": flags})
+    monkeypatch.setattr(env, "host_info", lambda: {"cpu_flags": flags})
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
 
 

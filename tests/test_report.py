@@ -12,7 +12,7 @@ from distill.config import BenchConfig, DataConfig
 from distill.data import load_task_data, tokenize
 from distill.errors import StageError
 from distill.files import write_json
-from distill.report import write_report
+from distill.report import report_outputs, write_report
 from tests.conftest import make_tiny_bert, write_sst2_like
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,6 +102,8 @@ def write_run(run_dir: Path, student_p50: float) -> None:
     write_json(
         run_dir / "students" / "small" / "eval.json",
         {
+            "name": "small",
+            "main_metric": "accuracy",
             "metrics": {"accuracy": 0.881},
             "agreement_with_teacher": 0.953,
             "parameters": 5_000_000,
@@ -110,7 +112,13 @@ def write_run(run_dir: Path, student_p50: float) -> None:
     )
     write_json(
         run_dir / "students" / "small-twin" / "eval.json",
-        {"objective": "labels", "metrics": {"accuracy": 0.8695}, "agreement_with_teacher": 0.93},
+        {
+            "name": "small-twin",
+            "main_metric": "accuracy",
+            "objective": "labels",
+            "metrics": {"accuracy": 0.8695},
+            "agreement_with_teacher": 0.93,
+        },
     )
     write_json(
         run_dir / "onnx" / "small" / "fidelity.json",
@@ -203,3 +211,24 @@ def test_report_from_real_bench_output(tiny_bert_dir: Path, tmp_path: Path) -> N
     assert [row[0] for row in table_rows(report, "| artifact |")] == ["teacher", "small"]
     assert "No teacher/eval.json" in report
     assert (tmp_path / "bench" / "accuracy_vs_latency.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_outputs_are_every_file_the_report_writes(tmp_path: Path) -> None:
+    """The pipeline declares report_outputs as the stage's outputs: it must name exactly what the stage writes."""
+    write_run(tmp_path, student_p50=5.0)
+    (tmp_path / "onnx" / "small" / "model.onnx").write_bytes(b"")  # a bundle holding a model gets a model card
+    write_json(tmp_path / "students" / "small" / "distill.json", {"description": ["Recipe: a test."], "seed": 0})
+    log = tmp_path / "students" / "small" / "stage1" / "logs" / "train_log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"step": 1, "loss": 2.0, "loss_emb": 0.5}\n{"step": 2, "loss": 1.0, "loss_emb": 0.25}\n')
+    before = {path for path in tmp_path.rglob("*") if path.is_file()}
+    write_report(tmp_path)
+    written = {path for path in tmp_path.rglob("*") if path.is_file()} - before
+    outputs = report_outputs(tmp_path, ["teacher", "small"])  # the teacher has no bundle in this run
+    assert written == set(outputs) - {tmp_path / "statistics.json"}  # statistics.json: run_statistics
+    assert {tmp_path / "onnx" / "small" / "README.md", tmp_path / "bench" / "stage1_losses.png"} <= written
+    assert "## TinyBERT stage 1" in (tmp_path / "report.md").read_text()
+
+    log.unlink()  # no stage-1 logs: no stage-1 plot written, none declared
+    assert tmp_path / "bench" / "stage1_losses.png" not in report_outputs(tmp_path, ["teacher", "small"])
+    assert "## TinyBERT stage 1" not in write_report(tmp_path).read_text()

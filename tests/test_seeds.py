@@ -97,8 +97,8 @@ def _load_benchmark(name: str):
 
 def test_per_seed_runs_merge_into_the_statistics_of_one_several_seed_run(tmp_path, tiny_encoder_dir, monkeypatch):
     """benchmarks/merge_seed_runs.py: runs of one seed each, sharing a teacher, give the statistics of one run."""
-    from distill.compare import run_statistics
     from distill.data import load_task_data
+    from distill.report.statistics import run_statistics
 
     together = tmp_path / "together"
     config = load_config(write_config(tmp_path, tiny_encoder_dir, [0, 1]))

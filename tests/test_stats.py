@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from distill.compare import run_statistics, statistics_section
-from distill.stats import Interval, headroom_reading, paired_bootstrap, seed_interval, verdict
+from distill.records import StudentEval, TeacherEval
+from distill.report.statistics import (
+    Interval,
+    headroom_reading,
+    paired_bootstrap,
+    run_statistics,
+    seed_interval,
+    statistics_section,
+    verdict,
+)
 
 
 def test_seed_interval_by_hand():
@@ -104,7 +111,11 @@ def _write_model(directory: Path, predictions: np.ndarray, labels: np.ndarray, o
     directory.mkdir(parents=True)
     np.save(directory / "dev_logits.npy", np.eye(2)[predictions])  # logits whose argmax is the prediction
     metrics = {"accuracy": float(np.mean(predictions == labels))}
-    (directory / "eval.json").write_text(json.dumps({"metrics": metrics, "objective": objective}))
+    if directory.name == "teacher":
+        record = TeacherEval(source="test", finetuned_here=True, metrics=metrics, main_metric="accuracy")
+    else:
+        record = StudentEval(name=directory.name, objective=objective, metrics=metrics, main_metric="accuracy")
+    record.save(directory / "eval.json")
 
 
 @pytest.mark.parametrize(

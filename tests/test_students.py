@@ -7,7 +7,8 @@ import torch
 
 from distill.errors import StudentError
 from distill.mapping import select_layers
-from distill.students import LAYER_KEY, build_distilbert_student, count_parameters
+from distill.students.stage import count_parameters
+from distill.students.truncate import LAYER_KEY, build_distilbert_student
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,44 @@ def test_layer_key_matches_the_layer_index_only():
 def test_out_of_range_map_is_rejected_before_building(teacher):
     with pytest.raises(StudentError):
         select_layers([0, 4], teacher.config.num_hidden_layers, 2)
+
+
+# --- the recipe interface ------------------------------------------------------------------------------------------
+
+
+def test_every_config_recipe_has_a_recipe_object():
+    from distill.config import RECIPES as CONFIG_RECIPES
+    from distill.students import RECIPES
+
+    assert set(RECIPES) == set(CONFIG_RECIPES)
+    assert all(recipe.name == name for name, recipe in RECIPES.items())
+
+
+def test_distilbert_check_names_an_out_of_range_layer_map_and_training_raises_the_same(teacher):
+    from distill.config import DistilBertStudentConfig
+    from distill.students import RECIPES
+
+    recipe = RECIPES["distilbert"]
+    assert recipe.check(DistilBertStudentConfig(name="s", num_layers=2), teacher.config) == []
+    (problem,) = recipe.check(DistilBertStudentConfig(name="s", num_layers=2, layer_selection=[0, 9]), teacher.config)
+    assert "teacher layers [9]" in problem and "pick layers in that range" in problem
+    (deep,) = recipe.check(DistilBertStudentConfig(name="s", num_layers=6), teacher.config)
+    assert "set num_layers to at most 4" in deep
+    with pytest.raises(StudentError, match="at most 4"):
+        recipe.layer_map(DistilBertStudentConfig(name="s", num_layers=6), teacher.config)
+    assert recipe.layer_map(DistilBertStudentConfig(name="s", num_layers=2), teacher.config) == [1, 3]
+
+
+def test_distilbert_description_is_composed_from_the_spec_and_what_happened():
+    from distill.config import DistilBertStudentConfig, label_only_twin
+    from distill.students import RECIPES, TrainingFacts
+
+    spec = DistilBertStudentConfig(name="s", num_layers=2, baseline=True)
+    facts = TrainingFacts([1, 3], "the fine-tuned teacher")
+    recipe = RECIPES["distilbert"]
+    assert recipe.describe(spec, facts) == [
+        "Recipe: DistilBERT-style, 2 layers from layers [1, 3] of the fine-tuned teacher; loss weights "
+        "{'kd': 0.5, 'ce': 0.5, 'cos': 1.0}, temperature 2.0 (KL(teacher_T || student_T) x T^2).",
+        "Training: 3.0 epoch(s), batch 32, learning rate 0.0001; best dev checkpoint kept.",
+    ]
+    assert "trained on hard labels only (label-only twin)" in recipe.describe(label_only_twin(spec), facts)[0]

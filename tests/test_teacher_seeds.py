@@ -34,7 +34,8 @@ def make_config(tmp_path, teacher_dir, seed: int = 0, teacher_seeds: list[int] |
 
 def stage(config: Config, teacher_dir, process_state: int = 1234):
     torch.manual_seed(process_state)  # stands for the random state torch starts each process with
-    return run_teacher_stage(config, load_task_data(config.data, config.task), teacher_dir)
+    record = run_teacher_stage(config, load_task_data(config.data, config.task), teacher_dir)
+    return record.model_dump(mode="json", exclude_none=True)  # what eval.json holds
 
 
 def scores_record(candidates: dict, seed: int) -> dict:

@@ -12,14 +12,9 @@ from distill.config import TinyBertStudentConfig, config_from_dict, label_only_t
 from distill.errors import ConfigError, StudentError
 from distill.losses import attention_mse, group_heads
 from distill.objective import IntermediateObjective
-from distill.tinybert import (
-    SCORES_ATTENTION,
-    ProjectedStudent,
-    build_tinybert_student,
-    student_config_for,
-    total_epochs,
-    truncate_teacher,
-)
+from distill.students.attention import SCORES_ATTENTION, ProjectedStudent
+from distill.students.tinybert import build_tinybert_student, total_epochs
+from distill.students.truncate import student_config_for, truncate_teacher
 
 # One sequence of three tokens, the last one padding; one head. Only the 2 x 2 block of real (query, key) pairs
 # counts: differences 1, 0, 0, -2 -> squared 1, 0, 0, 4 -> mean 5 / 4.
@@ -301,7 +296,8 @@ def test_head_count_that_does_not_divide_the_teachers_is_refused_before_training
 
     from distill.config import config_from_dict
     from distill.data import tokenize
-    from distill.tinybert import train_tinybert
+    from distill.students.base import StudentContext
+    from distill.students.tinybert import train_tinybert
     from tests.conftest import make_tiny_bert, tiny_task
 
     teacher_dir = make_tiny_bert(tmp_path / "teacher", num_layers=2)  # 4 heads
@@ -312,5 +308,63 @@ def test_head_count_that_does_not_divide_the_teachers_is_refused_before_training
     validation = tokenize(data.validation, tokenizer, 32)
     student, cache = tmp_path / "student", tmp_path / "cache"
     with pytest.raises(StudentError, match="teacher's 4 heads do not split evenly into the student's 3"):
-        train_tinybert(config, config.students[0], data, teacher_dir, student, cache, tokenizer, validation)
+        train_tinybert(
+            StudentContext(config, config.students[0], data, teacher_dir, student, cache, tokenizer, validation)
+        )
     assert not (tmp_path / "student").exists()
+
+
+# --- checks from the teacher's config alone, and the description ----------------------------------------------------
+
+
+def test_tinybert_check_lists_every_problem_the_teachers_config_reveals(tmp_path):
+    from distill.students import RECIPES
+
+    recipe, teacher = RECIPES["tinybert"], tiny_teacher()  # 4 layers, hidden 32, 4 heads, FFN 64
+    assert recipe.check(spec(), teacher.config) == []
+    problems = recipe.check(
+        spec(layer_selection=[0, 7], hidden_size=48, num_attention_heads=3, intermediate_size=48), teacher.config
+    )
+    assert len(problems) == 3
+    assert "teacher layers [7]" in problems[0]
+    assert "teacher's 4 heads do not split evenly into the student's 3" in problems[1]
+    assert "init: truncate can only shrink the teacher, but the student has hidden_size 48 > 32" in problems[2]
+    # no attention term: the head counts need not divide
+    no_attention = spec(num_attention_heads=3, intermediate={"alpha_attention": 0})
+    assert recipe.check(no_attention, teacher.config) == []
+
+
+def test_tinybert_check_reads_an_init_checkpoints_config(tmp_path):
+    from distill.students import RECIPES
+
+    recipe, teacher = RECIPES["tinybert"], tiny_teacher()
+    saved, _ = build_tinybert_student(teacher, spec(), [1, 3], seed=0)
+    saved.save_pretrained(tmp_path / "general")
+    good = spec(init="checkpoint", init_checkpoint=str(tmp_path / "general"))
+    assert recipe.check(good, teacher.config) == []
+    (wrong,) = recipe.check(good.model_copy(update={"num_layers": 3, "layer_selection": "uniform"}), teacher.config)
+    assert "num_hidden_layers 2 (config says 3)" in wrong and "set the student's shape to the checkpoint's" in wrong
+    (missing,) = recipe.check(spec(init="checkpoint", init_checkpoint=str(tmp_path / "nope")), teacher.config)
+    assert "not a saved model directory (no config.json)" in missing
+
+
+def test_tinybert_description_says_what_each_stage_did_and_what_augmentation_kept():
+    from distill.records import Augmentation
+    from distill.students import RECIPES, TrainingFacts
+
+    recipe = RECIPES["tinybert"]
+    augmentation = Augmentation(source_examples=10, generated=20, kept=15, dropped_disagreeing=5)
+    lines = recipe.describe(spec(), TrainingFacts([1, 3], "the fine-tuned teacher", augmentation))
+    assert lines[0] == (
+        "Recipe: TinyBERT-style, 2 layers, hidden 24, 4 heads, FFN 48; init truncate from layers [1, 3] of the "
+        "fine-tuned teacher."
+    )
+    assert lines[1].startswith("Stage 1 (intermediate layers, 2.0 epoch(s), batch 32, learning rate 5e-05)")
+    assert lines[2].startswith("Stage 2 (prediction layer, 3.0 epoch(s)")
+    assert lines[3] == (
+        "Augmented data: 15 copies kept of 20 generated (5 dropped because the teacher labelled them differently)."
+    )
+    twin = recipe.describe(label_only_twin(spec(baseline=True)), TrainingFacts([1, 3], "the fine-tuned teacher"))
+    assert twin[1] == "Training: 5.0 epoch(s), batch 32, learning rate 5e-05; best dev checkpoint kept."
+    skipped = recipe.describe(spec(init="random", intermediate={"enabled": False}), TrainingFacts([1, 3], "x"))
+    assert skipped[0].endswith("init random.") and skipped[1] == "Stage 1 skipped."

@@ -1,0 +1,321 @@
+"""The run: its directory, its manifest and its data; the fingerprint rule; skip, resume and move aside.
+
+A stage is skipped when ``manifest.json`` holds a complete entry for it with the same fingerprint and its outputs
+exist. The fingerprint rule (:data:`RULE`) hashes only the config values that differ from the schema's defaults,
+plus the rule's version, so a release that adds a config field with a default changes no fingerprint and recomputes
+nothing. A manifest written under an earlier rule is migrated when it is opened (:func:`migrate`), never recomputed.
+When a stage's inputs really changed, its previous outputs are moved to ``RUN/previous/``, not deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import BaseModel
+
+from distill import distributed
+from distill.config import Config, config_from_dict
+from distill.data import TaskData, load_task_data
+from distill.env import environment
+from distill.errors import ConfigError, StageError
+from distill.files import fingerprint, read_json, write_json
+from distill.layout import TWIN_SUFFIX, RunLayout
+
+RULE = 2
+"""The fingerprint rule's version. Rule 1 (distill up to c139548) hashed whole config sections, defaults included;
+rule 2 hashes the values that differ from the defaults, with this version."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def settings(section: BaseModel) -> Any:
+    """The values of a config section that differ from the schema's defaults: what a fingerprint hashes."""
+    return section.model_dump(mode="json", exclude_defaults=True)
+
+
+def _stage_fingerprints(
+    version: int | None,
+    head: tuple[Any, ...],
+    seeds: list[int] | None,
+    default_seed: int,
+    students: Sequence[tuple[str, Any]],
+    export: Any,
+    bench: Any,
+) -> dict[str, str]:
+    """Every stage's fingerprint by manifest key, from one rule's view of the config sections.
+
+    ``head`` is what the teacher depends on (task, seed, data, teacher); ``students`` is ``(name, section)`` for
+    every trained student and twin. A student trained with several ``seeds`` has one entry per seed
+    (``student:NAME@SEED``) and one for the selection over them (``student:NAME``).
+    """
+
+    def digest(*parts: Any) -> str:
+        return fingerprint(*parts) if version is None else fingerprint(f"rule-{version}", *parts)
+
+    teacher = digest("teacher", *head)
+    keys = {"teacher": teacher}
+    each_seed = seeds if seeds else [default_seed]
+    finished = []
+    for name, spec in students:
+        if seeds is None:
+            keys[f"student:{name}"] = digest("student", teacher, spec)
+        else:
+            per_seed = [digest("student", teacher, spec, seed) for seed in each_seed]
+            if len(each_seed) > 1:
+                keys.update({f"student:{name}@{seed}": value for seed, value in zip(each_seed, per_seed, strict=True)})
+            keys[f"student:{name}"] = digest("seeds", per_seed)
+        finished.append(keys[f"student:{name}"])
+    keys["export"] = digest("export", teacher, finished, export)
+    keys["bench"] = digest("bench", keys["export"], bench)
+    keys["report"] = digest("report", keys["bench"])
+    return keys
+
+
+def stage_fingerprints(config: Config) -> dict[str, str]:
+    """Every stage's fingerprint under the current rule; ``bench.gates`` judge results and are left out."""
+    return _stage_fingerprints(
+        RULE,
+        (config.task, config.seed, settings(config.data), settings(config.teacher)),
+        config.seeds,
+        config.seed,
+        [(student.name, settings(student)) for student in config.trained_students()],
+        settings(config.export),
+        config.bench.model_dump(mode="json", exclude_defaults=True, exclude={"gates"}),
+    )
+
+
+def legacy_fingerprints(raw: dict[str, Any]) -> dict[str, str]:
+    """Every stage's fingerprint under rule 1, from the ``config.yaml`` such a run wrote (its full dump)."""
+    teacher = {k: v for k, v in raw["teacher"].items() if not (k == "seeds" and v is None)}
+    students = []
+    for spec in raw["students"]:
+        students.append((spec["name"], spec))
+        if spec.get("baseline"):
+            twin = {**spec, "name": spec["name"] + TWIN_SUFFIX, "objective": "labels", "baseline": False}
+            students.append((twin["name"], twin))
+    return _stage_fingerprints(
+        None,
+        (raw["task"], raw["seed"], raw["data"], teacher),
+        raw.get("seeds"),
+        raw["seed"],
+        students,
+        raw["export"],
+        {k: v for k, v in raw["bench"].items() if k != "gates"},
+    )
+
+
+def migrate(manifest: dict[str, Any], layout: RunLayout) -> list[str]:
+    """Bring a manifest written under an earlier fingerprint rule to :data:`RULE`, in place; returns the stages
+    whose fingerprints were carried over.
+
+    An entry is carried over when its fingerprint is what rule 1 gives for the run's own ``config.yaml``: it was
+    computed from that config, so it gets that config's fingerprint under the current rule. Any other entry keeps
+    its old fingerprint, which matches nothing now, so that stage is recomputed (its outputs moved aside).
+    """
+    if manifest.get("fingerprint_rule") == RULE:
+        return []
+    manifest["fingerprint_rule"] = RULE
+    if not layout.config.is_file() or not manifest.get("stages"):
+        return []
+    try:
+        raw = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
+        legacy = legacy_fingerprints(raw)
+        current = stage_fingerprints(config_from_dict(raw, str(layout.config)))
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ConfigError):
+        return []  # not a config distill wrote: nothing can be vouched for
+    carried = []
+    for key, entry in manifest["stages"].items():
+        if key in legacy and key in current and entry.get("fingerprint") == legacy[key]:
+            entry.update(fingerprint=current[key], migrated_from_rule=1)
+            carried.append(key)
+    return carried
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: a summary for the manifest and one readable line for the terminal."""
+
+    summary: dict[str, Any]
+    line: str
+
+
+@dataclass
+class Run:
+    """One run directory and the config it runs; holds the manifest and the lazily loaded data."""
+
+    config: Config
+    run_dir: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def data(self) -> TaskData:
+        return load_task_data(self.config.data, self.config.task, self.config.seed)
+
+    @cached_property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
+    @cached_property
+    def fingerprints(self) -> dict[str, str]:
+        return stage_fingerprints(self.config)
+
+    def save_manifest(self) -> None:
+        write_json(self.layout.manifest, self.manifest)
+
+    def teacher_fingerprint(self) -> str:
+        return self.fingerprints["teacher"]
+
+    def student_fingerprint(self, name: str, seed: int | None = None) -> str:
+        """Student ``name`` trained with ``seed``, or, with ``seed`` None, the finished student."""
+        return self.fingerprints[f"student:{name}" if seed is None else f"student:{name}@{seed}"]
+
+    def export_fingerprint(self) -> str:
+        return self.fingerprints["export"]
+
+    def bench_fingerprint(self) -> str:
+        return self.fingerprints["bench"]
+
+    def report_fingerprint(self) -> str:
+        return self.fingerprints["report"]
+
+
+def open_run(config: Config, run_dir: Path) -> Run:
+    """Open (or prepare) ``run_dir`` for ``config`` without writing anything; an older manifest is migrated in
+    memory (:func:`migrate`) and saved by the first stage that runs."""
+    run = Run(config=config, run_dir=Path(run_dir))
+    if run.layout.manifest.is_file():
+        run.manifest = read_json(run.layout.manifest)
+        carried = migrate(run.manifest, run.layout)
+        if carried:
+            click.echo(f"manifest: fingerprints of {len(carried)} finished stage(s) carried over to rule {RULE}")
+    else:
+        run.manifest = {"created": _now(), "fingerprint_rule": RULE, "stages": {}}
+    return run
+
+
+def move_aside(run: Run, key: str, paths: Sequence[Path]) -> Path | None:
+    """Move the existing ``paths`` (inside the run directory) to ``RUN/previous/KEY-TIME/``, keeping their
+    relative layout; returns that folder, or None when there was nothing to move."""
+    existing = [path for path in paths if path.exists()]
+    if not existing:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = run.layout.previous / f"{key.replace(':', '-').replace('@', '-seed-')}-{stamp}"
+    target, counter = base, 1
+    while target.exists():
+        target, counter = base.with_name(f"{base.name}-{counter}"), counter + 1
+    for path in existing:
+        destination = target / path.relative_to(run.run_dir)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+    return target
+
+
+def run_stage(
+    run: Run,
+    key: str,
+    outputs: Sequence[Path],
+    work: Callable[[], StageResult],
+    start: str,
+    aside: Sequence[Path] = (),
+    collective: bool = True,
+) -> bool:
+    """Run ``work`` unless stage ``key`` is complete with the same fingerprint and its outputs exist.
+
+    ``start`` is printed when the stage starts. ``aside`` are the stage's previous outputs: moved to
+    ``RUN/previous/`` when the inputs changed, kept (for resumption) when an interrupted stage is rerun with the
+    same inputs. In a data-parallel run, every rank runs ``work`` when ``collective`` (training), otherwise rank 0
+    alone; rank 0 alone writes the manifest. Returns whether the stage ran.
+    """
+    digest = run.fingerprints[key]
+    entry = run.manifest["stages"].get(key)
+    complete = (
+        entry
+        and entry.get("fingerprint") == digest
+        and entry.get("status") == "complete"
+        and all(path.exists() for path in outputs)
+    )
+    if distributed.broadcast(bool(complete)):  # every rank takes rank 0's decision
+        click.echo(f"[{key}] complete, inputs unchanged: skipped")
+        return False
+    main = distributed.is_main()
+    if entry and entry.get("fingerprint") != digest:
+        moved = distributed.on_main(lambda: move_aside(run, key, aside))
+        where = f"; the previous outputs are kept in {moved}" if moved else ""
+        click.echo(f"[{key}] inputs changed since the last run: recomputing{where}")
+    elif entry and entry.get("status") != "complete":
+        click.echo(f"[{key}] resuming an interrupted run")
+    elif entry:
+        click.echo(f"[{key}] outputs missing from the run directory: recomputing")
+    click.echo(f"[{key}] {start}")
+    started = time.time()
+    run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "started": _now()}
+    if main:
+        run.save_manifest()
+    distributed.barrier()
+    if not main:
+        if collective:
+            work()
+        distributed.barrier()  # rank 0 finishes the stage: evaluation, outputs, manifest
+        run.manifest = read_json(run.layout.manifest)
+        return True
+    try:
+        result = work()
+    except BaseException as err:
+        run.manifest["stages"][key].update(
+            status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__
+        )
+        run.save_manifest()
+        raise
+    seconds = round(time.time() - started, 1)
+    run.manifest["stages"][key] = {
+        "status": "complete",
+        "fingerprint": digest,
+        "started": run.manifest["stages"][key]["started"],
+        "finished": _now(),
+        "seconds": seconds,
+        "environment": environment(distributed.world_size()),
+        "summary": result.summary,
+    }
+    run.save_manifest()
+    click.echo(f"[{key}] {result.line} ({_duration(seconds)})")
+    distributed.barrier()
+    return True
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def require(run: Run, key: str, command: str) -> None:
+    """Refuse to run a stage whose upstream stage ``key`` is missing or was completed with other inputs."""
+    entry = run.manifest["stages"].get(key)
+    if not entry or entry.get("status") != "complete":
+        raise StageError(
+            f"stage {key} has not completed in {run.run_dir}; run `distill {command}` (or `distill run`) first"
+        )
+    if entry.get("fingerprint") != run.fingerprints[key]:
+        raise StageError(
+            f"stage {key} in {run.run_dir} was completed with a different config; rerun `distill {command}` "
+            "(or `distill run`) with this config first"
+        )
+
+
+def any_complete(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a manifest with at least one completed stage."""
+    path = RunLayout(run_dir).manifest
+    if not path.is_file():
+        return False
+    return any(entry.get("status") == "complete" for entry in read_json(path).get("stages", {}).values())

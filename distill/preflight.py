@@ -1,0 +1,93 @@
+"""Every check that needs only the config, the data and the teacher's ``config.json``, run before any stage.
+
+``distill validate`` and the start of every stage command report all of them at once, in the config-error format,
+so that a layer map the teacher cannot serve or a sequence length past its position limit is found in seconds,
+not when its stage starts hours into a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+from distill.config import Config
+from distill.data import TaskData
+from distill.errors import ConfigError, TeacherError
+
+
+def teacher_config(config: Config) -> PretrainedConfig | None:
+    """The teacher's ``config.json`` when the teacher is on this machine; None for a hub id (read when loaded).
+
+    Raises:
+        TeacherError: a bundled package that is not installed, a local path that does not exist or holds no
+            readable ``config.json``.
+    """
+    from distill.teacher import resolve_source
+
+    location = resolve_source(config.teacher.source)
+    if not isinstance(location, Path):
+        return None
+    if not (location / "config.json").is_file():
+        raise TeacherError(
+            f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory"
+        )
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise TeacherError(
+            f"could not read the teacher's config.json in {location} ({str(err).splitlines()[0]}); check teacher.source"
+        ) from None
+
+
+def sequence_problems(config: Config, teacher: PretrainedConfig) -> list[str]:
+    """Sequence lengths the teacher's position embeddings cannot reach (students share them)."""
+    limit = getattr(teacher, "max_position_embeddings", None)
+    if not limit:
+        return []
+    problems = []
+    if config.data.max_length > limit:
+        problems.append(
+            f"data.max_length: {config.data.max_length} is past the teacher's {limit} positions; set it to {limit} "
+            "or less"
+        )
+    if max(config.bench.seq_lengths) > limit:
+        problems.append(
+            f"bench.seq_lengths: {max(config.bench.seq_lengths)} is past the teacher's {limit} positions; "
+            f"keep every length at {limit} or less"
+        )
+    longest_check = max((seq for _, seq in config.export.check_shapes), default=0)
+    if longest_check > limit:
+        problems.append(
+            f"export.check_shapes: sequence {longest_check} is past the teacher's {limit} positions; "
+            f"keep every length at {limit} or less"
+        )
+    return problems
+
+
+def problems(config: Config, data: TaskData) -> list[str]:
+    """Every problem found in ``config`` against its loaded ``data`` and the teacher's ``config.json``."""
+    from distill.students import RECIPES
+    from distill.teacher import head_problem
+
+    teacher = teacher_config(config)  # a teacher that cannot be read stops the checks with its own sentence
+    if teacher is None:
+        return []
+    found = []
+    if config.teacher.finetune != "always":
+        problem = head_problem(teacher, config.teacher.source, data)
+        if problem:
+            found.append(f"teacher.source: {problem}")
+    found += sequence_problems(config, teacher)
+    for index, student in enumerate(config.students):
+        found += [f"students.{index} ({student.name}): {p}" for p in RECIPES[student.recipe].check(student, teacher)]
+    return found
+
+
+def preflight(config: Config, data: TaskData) -> None:
+    """Raise one :class:`ConfigError` listing every problem :func:`problems` finds; nothing is written before."""
+    found = problems(config, data)
+    if len(found) == 1:
+        raise ConfigError(found[0])
+    if found:
+        raise ConfigError(f"the config has {len(found)} problems:\n" + "\n".join(f"  - {p}" for p in found))

@@ -1,0 +1,127 @@
+"""The fingerprint rule keeps a user's finished work: across upgrades, across added config fields, and when inputs
+really change (the old outputs are moved aside, not deleted)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import Config, TrainingConfig, config_from_dict
+from distill.files import read_json
+from distill.layout import RunLayout
+from distill.manifest import RULE, StageResult, legacy_fingerprints, open_run, run_stage, stage_fingerprints
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_c139548"
+
+
+def outputs(layout: RunLayout, key: str) -> list[Path]:
+    """A stand-in output file for stage ``key`` (the manifest decision only checks that outputs exist)."""
+    return [layout.root / "outputs" / key.replace(":", "-")]
+
+
+def fail_if_called() -> StageResult:
+    raise AssertionError("a finished stage was recomputed")
+
+
+def test_a_run_directory_from_c139548_is_reused_with_every_stage_skipped(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+    run = open_run(config, run_dir)
+    keys = list(read_json(run_dir / "manifest.json")["stages"])
+    assert len(keys) == 10 and run.manifest["fingerprint_rule"] == RULE
+    assert "fingerprints of 10 finished stage(s) carried over" in capsys.readouterr().out
+    for key in keys:
+        for path in outputs(run.layout, key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("done")
+        assert run_stage(run, key, outputs(run.layout, key), fail_if_called, "would work") is False
+    assert capsys.readouterr().out.count("complete, inputs unchanged: skipped") == 10
+    assert all(run.manifest["stages"][key]["migrated_from_rule"] == 1 for key in keys)
+
+
+def test_the_legacy_rule_reproduces_the_c139548_fingerprints():
+    manifest = read_json(FIXTURE / "manifest.json")
+    legacy = legacy_fingerprints(yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8")))
+    assert legacy == {key: entry["fingerprint"] for key, entry in manifest["stages"].items()}
+
+
+def test_a_stage_whose_config_changed_since_c139548_is_not_carried_over(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    raw["bench"]["iterations"] = 7  # the user's new config: bench (and report, downstream) must recompute
+    run = open_run(config_from_dict(raw), run_dir)
+    decisions = {}
+    for key in run.manifest["stages"]:
+        for path in outputs(run.layout, key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("done")
+        decisions[key] = run_stage(run, key, outputs(run.layout, key), lambda: StageResult({}, "redone"), "redoing")
+    assert {key for key, ran in decisions.items() if ran} == {"bench", "report"}
+
+
+class ExtendedTraining(TrainingConfig):
+    """A later release's training section: one new field with a default."""
+
+    gradient_clipping: float = 1.0
+
+
+class ExtendedConfig(Config):
+    """A later release's schema: a new top-level field and a new nested field, both with defaults."""
+
+    notes: str = ""
+    teacher_training_extra: ExtendedTraining = ExtendedTraining()
+
+
+def test_a_field_added_with_its_default_changes_no_fingerprint(tmp_path):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    today = stage_fingerprints(config_from_dict(raw))
+    later = stage_fingerprints(ExtendedConfig.model_validate(raw))
+    assert later == today
+    changed = stage_fingerprints(ExtendedConfig.model_validate({**raw, "notes": "a real change"}))
+    assert changed == today, "a top-level field no stage reads enters no fingerprint"
+    raw["teacher"]["training"]["epochs"] = 5
+    assert stage_fingerprints(config_from_dict(raw))["teacher"] != today["teacher"]
+
+
+def test_a_real_input_change_moves_the_old_outputs_aside(tmp_path, capsys):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    first = open_run(config_from_dict(raw), run_dir)
+    teacher = first.layout.teacher
+    teacher.mkdir(parents=True)
+    (teacher / "eval.json").write_text('{"old": true}')
+
+    runs = []
+
+    def work() -> StageResult:
+        runs.append(1)
+        teacher.mkdir(parents=True, exist_ok=True)
+        (teacher / "eval.json").write_text(f'{{"run": {len(runs)}}}')
+        return StageResult({}, "teacher written")
+
+    assert run_stage(first, "teacher", [teacher / "eval.json"], work, "fine-tuning", aside=[teacher])
+    raw["teacher"]["training"]["epochs"] = 5
+    second = open_run(config_from_dict(raw), run_dir)
+    capsys.readouterr()
+    assert run_stage(second, "teacher", [teacher / "eval.json"], work, "fine-tuning", aside=[teacher])
+    out = capsys.readouterr().out
+    kept = list((run_dir / "previous").glob("teacher-*"))
+    assert len(kept) == 1 and f"the previous outputs are kept in {kept[0]}" in out
+    assert (kept[0] / "teacher" / "eval.json").read_text() == '{"run": 1}'
+    assert (teacher / "eval.json").read_text() == '{"run": 2}'
+
+
+def test_an_unreadable_config_yaml_carries_nothing_over(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    (run_dir / "config.yaml").write_text("students: [\n", encoding="utf-8")
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run = open_run(config_from_dict(raw), run_dir)
+    assert not any("migrated_from_rule" in entry for entry in run.manifest["stages"].values())
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_stage(run, "teacher", [], fail_if_called, "would work")
