@@ -32,6 +32,12 @@ RESULTS_FILE = "results.json"
 SCATTER_FILE = "accuracy_vs_latency.png"
 BARS_FILE = "latency_bars.png"
 STAGE1_FILE = "stage1_losses.png"
+CHECKPOINTS_DIR = "checkpoints"
+"""Resumable training state inside a model's directory (or a training stage's), removed once the model is saved."""
+TRAIN_LOG = Path("logs") / "train_log.jsonl"
+"""The training log inside a model's (or a training stage's) directory; TensorBoard events are beside it."""
+STAGE1_DIR, STAGE2_DIR, FINAL_DIR = "stage1", "stage2", "final"
+"""A two-stage student trains in ``stage1/`` (its result in ``stage1/final/``) and then ``stage2/``."""
 TEACHER = "teacher"
 """The teacher's name wherever models are listed by name (bundles, benchmark rows)."""
 TWIN_SUFFIX = "-twin"
@@ -68,13 +74,13 @@ class RunLayout:
     results = _at("bench", RESULTS_FILE)
 
     def teacher_candidate(self, seed: int) -> Path:
-        return self.teacher / "candidates" / f"seed-{seed}"
+        return candidate_dir(self.teacher, seed)
 
     def student(self, name: str) -> Path:
         return self.students / name
 
     def student_seed(self, name: str, seed: int) -> Path:
-        return self.student(name) / "seeds" / str(seed)
+        return seed_dir(self.student(name), seed)
 
     def model(self, name: str) -> Path:
         """The PyTorch model directory of ``name`` (the teacher or a student)."""
@@ -92,6 +98,16 @@ class RunLayout:
 
     def plot(self, file_name: str) -> Path:
         return self.bench / file_name
+
+
+def candidate_dir(teacher_dir: Path, seed: int) -> Path:
+    """Where the teacher fine-tuned with ``seed`` is kept when ``teacher.seeds`` lists several."""
+    return teacher_dir / "candidates" / f"seed-{seed}"
+
+
+def seed_dir(student_dir: Path, seed: int) -> Path:
+    """Where a student trained with several ``seeds`` keeps its run with ``seed``."""
+    return student_dir / "seeds" / str(seed)
 
 
 def seed_dirs(student_dir: Path) -> list[Path]:

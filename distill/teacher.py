@@ -25,7 +25,7 @@ from distill.data import TaskData, majority_baseline, tokenize
 from distill.errors import TeacherError
 from distill.evaluate import evaluate_logits, predict_logits
 from distill.files import read_json, save_array
-from distill.layout import DEV_LOGITS_FILE, EVAL_FILE
+from distill.layout import DEV_LOGITS_FILE, EVAL_FILE, candidate_dir
 from distill.metrics import compute_metrics
 from distill.objective import LabelObjective
 from distill.records import CandidateEval, Candidates, CandidateScore, TeacherEval
@@ -211,7 +211,7 @@ def _fine_tune_candidates(
     settings = config.teacher
     records: list[CandidateEval] = []
     for seed in config.teacher_seeds():
-        work_dir = teacher_dir / "candidates" / f"seed-{seed}"
+        work_dir = candidate_dir(teacher_dir, seed)
         if not distributed.on_main(lambda work_dir=work_dir: _candidate_done(work_dir)):
             result = fine_tune(_load_seeded(settings, data, seed).model, work_dir, seed)
 
@@ -308,7 +308,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
         chosen = model
         if chosen is None:  # several candidates: the best one's weights are in its folder
             chosen = AutoModelForSequenceClassification.from_pretrained(
-                teacher_dir / "candidates" / f"seed-{candidates.chosen_seed}", use_safetensors=True
+                candidate_dir(teacher_dir, candidates.chosen_seed), use_safetensors=True
             )
         logits, metrics = _evaluate(chosen, validation, tokenizer, data, settings.training.eval_batch_size, "teacher")
         baseline = majority_baseline(data)

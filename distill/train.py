@@ -26,6 +26,7 @@ from transformers import (
     EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -37,6 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from distill import distributed
 from distill.config import TrainingConfig
 from distill.files import atomic_dir, read_json, write_json
+from distill.layout import CHECKPOINTS_DIR, TRAIN_LOG
 from distill.losses import hard_label_loss
 from distill.metrics import compute_metrics, predictions_from_logits
 
@@ -97,6 +99,21 @@ class DistillationTrainer(Trainer):
             self._term_sums.clear()
             self._term_counts.clear()
         super().log(logs, start_time)
+
+
+class ReadableProgress(ProgressCallback):
+    """The Trainer's progress bars, with one readable line per evaluation instead of every log record as a dict
+    (the records themselves go to the JSONL log and TensorBoard)."""
+
+    TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.training_bar is not None and logs):
+            return
+        scores = {k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k not in self.TIMINGS}
+        if scores:
+            text = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+            self.training_bar.write(f"epoch {state.epoch:g}: dev {text}")
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -229,8 +246,8 @@ def train_model(
     use_bf16, precision = resolve_precision(training.precision)
     if training.precision == "bf16" and not use_bf16:
         click.echo(f"note: training in {precision}", err=True)
-    checkpoint_dir = work_dir / "checkpoints"
-    log_dir = work_dir / "logs"
+    checkpoint_dir = work_dir / CHECKPOINTS_DIR
+    log_dir = (work_dir / TRAIN_LOG).parent
     best_dir = checkpoint_dir / "best"
     processes = distributed.world_size()
     is_main = distributed.is_main()
@@ -267,7 +284,7 @@ def train_model(
         disable_tqdm=False,
     )
     callbacks: list[TrainerCallback] = [
-        JsonlLogCallback(log_dir / "train_log.jsonl"),
+        JsonlLogCallback(work_dir / TRAIN_LOG),
         BestModelCallback(best_dir, f"eval_{metric_names[0]}"),
     ]
     if is_main:  # a writer made on another rank would leave an empty event file behind
@@ -284,6 +301,8 @@ def train_model(
         teacher=teacher,
         callbacks=callbacks,
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ReadableProgress)
     # rank 0 looks at the disk (removing a checkpoint cut short by a kill) and tells every rank where to resume
     last_checkpoint = distributed.on_main(lambda: last_complete_checkpoint(checkpoint_dir))
     trainer.train(resume_from_checkpoint=last_checkpoint)
@@ -309,4 +328,4 @@ def budget(training: TrainingConfig) -> str:
 
 def remove_checkpoints(work_dir: Path) -> None:
     """Delete the resumable training state once the trained model is safely saved."""
-    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(work_dir / CHECKPOINTS_DIR, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import StageError
-from distill.layout import EVAL_FILE, FIDELITY_FILE, RECIPE_FILE, RunLayout
+from distill.layout import EVAL_FILE, FIDELITY_FILE, RECIPE_FILE, STAGE1_DIR, TRAIN_LOG, RunLayout
 from distill.records import (
     ArtifactRow,
     BenchResults,
@@ -28,7 +28,7 @@ from distill.runtime import MODEL_FILES, PREFERRED_MODEL_FILES
 PREFERENCE = list(MODEL_FILES.values())
 """The precisions of a bundle's ONNX files, fastest first: a student's deployed artifact is the first it has."""
 PRECISION_FILES = {precision: file_name for file_name, precision in MODEL_FILES.items()}
-STAGE1_LOG = Path("stage1") / "logs" / "train_log.jsonl"
+STAGE1_LOG = Path(STAGE1_DIR) / TRAIN_LOG
 """A two-stage student's stage-1 training log, relative to its directory."""
 STAGE1_TERMS = ("loss", "loss_emb", "loss_hidden", "loss_attention")
 """The stage-1 loss terms reported and drawn: total, embedding, mean hidden-state and mean attention MSE."""

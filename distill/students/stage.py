@@ -14,7 +14,7 @@ from distill.config import Config
 from distill.data import TaskData, tokenize
 from distill.evaluate import evaluate_logits, predict_logits
 from distill.files import copy_file, save_array
-from distill.layout import DEV_LOGITS_FILE, EVAL_FILE, RECIPE_FILE
+from distill.layout import DEV_LOGITS_FILE, EVAL_FILE, RECIPE_FILE, seed_dir
 from distill.metrics import agreement, predictions_from_logits
 from distill.records import StudentEval, StudentRecord
 from distill.students.base import Recipe, StudentContext, StudentSpec, TrainedStudent
@@ -94,9 +94,9 @@ def _evaluate_and_save(context: StudentContext, recipe: Recipe, trained: Trained
 def select_best_seed(student_dir: Path, seeds: list[int], metric: str) -> StudentEval:
     """Copy the seed with the best dev ``metric`` (the first on ties) from ``student_dir/seeds/SEED`` into
     ``student_dir``; its ``eval.json`` gains ``selected_seed`` and every seed's metrics. Returns that record."""
-    records = {seed: StudentEval.load(student_dir / "seeds" / str(seed) / EVAL_FILE) for seed in seeds}
+    records = {seed: StudentEval.load(seed_dir(student_dir, seed) / EVAL_FILE) for seed in seeds}
     best = max(seeds, key=lambda seed: (records[seed].metrics[metric], -seeds.index(seed)))
-    source = student_dir / "seeds" / str(best)
+    source = seed_dir(student_dir, best)
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name != EVAL_FILE:
             copy_file(path, student_dir / path.name)

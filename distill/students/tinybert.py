@@ -23,6 +23,7 @@ from distill.config import TinyBertStudentConfig, TrainingConfig
 from distill.data import TaskData, tokenize
 from distill.errors import StudentError
 from distill.files import atomic_dir
+from distill.layout import FINAL_DIR, STAGE1_DIR, STAGE2_DIR
 from distill.mapping import hidden_state_pairs
 from distill.objective import DistilBertObjective, IntermediateObjective, LabelObjective
 from distill.records import Augmentation
@@ -131,8 +132,8 @@ def _intermediate_stage(
     spec = context.spec
     assert isinstance(spec, TinyBertStudentConfig)
     stage = spec.intermediate
-    stage_dir = context.student_dir / "stage1"
-    final = stage_dir / "final"
+    stage_dir = context.student_dir / STAGE1_DIR
+    final = stage_dir / FINAL_DIR
     objective = IntermediateObjective.from_stage(stage, layer_map, spec.num_attention_heads)
     if not (final / "config.json").is_file():
         attention = SCORES_ATTENTION if stage.attention_target == "scores" else "eager"
@@ -213,7 +214,7 @@ def train_tinybert(context: StudentContext) -> TrainedStudent:
         train_set, teacher, context.teacher_dir, tokenizer, context.cache_dir, known=known_logits
     )
     result = train_model(
-        student, stage_set, context.validation, tokenizer, stage.training, context.student_dir / "stage2",
+        student, stage_set, context.validation, tokenizer, stage.training, context.student_dir / STAGE2_DIR,
         data.metrics, config.seed, DistilBertObjective.from_stage(stage, layer_map), teacher=teacher,
     )  # fmt: skip
     record["loss"] = {
@@ -254,7 +255,7 @@ class TinyBertRecipe(Recipe[TinyBertStudentConfig]):
         return spec.prediction.training.eval_batch_size
 
     def work_dirs(self, student_dir: Path) -> list[Path]:
-        return [student_dir, student_dir / "stage1", student_dir / "stage2"]
+        return [student_dir, student_dir / STAGE1_DIR, student_dir / STAGE2_DIR]
 
     def describe(self, spec: TinyBertStudentConfig, facts: TrainingFacts) -> list[str]:
         shape = (
