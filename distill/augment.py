@@ -196,7 +196,7 @@ def augment_training_set(
     mlm = None
     if cfg.mlm_model is not None:
         try:
-            mlm = AutoModelForMaskedLM.from_pretrained(cfg.mlm_model)
+            mlm = AutoModelForMaskedLM.from_pretrained(cfg.mlm_model, use_safetensors=True)
         except (OSError, ValueError) as err:
             raise StudentError(
                 f"augmentation.mlm_model {cfg.mlm_model!r} could not be loaded as a masked LM ({err}); "

@@ -119,7 +119,9 @@ def _load(
         logits = onnx_logits(session, validation.select_columns(columns).to_list())
         size = artifact.path.stat().st_size
         return (lambda feeds: session.run(None, feeds)), logits, size, onnx_parameter_count(artifact.path), names
-    model = AutoModelForSequenceClassification.from_pretrained(artifact.path, dtype=torch.float32).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        artifact.path, dtype=torch.float32, use_safetensors=True
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact.path)
     accepted = inspect.signature(model.forward).parameters
     names = [name for name in MODEL_INPUTS if name in accepted]

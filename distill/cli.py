@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,8 +131,17 @@ def predict(
 
     if pairs and len(pairs) != len(texts):
         raise ConfigError(f"got {len(texts)} text(s) but {len(pairs)} --pair value(s); give one --pair per text")
+    for index, text in enumerate([*texts, *pairs]):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"argument {index + 1} is not valid UTF-8 text; pass the text in UTF-8") from None
     classifier = OnnxClassifier(bundle, model_file=model_file, threads=threads)
-    for text, result in zip(texts, classifier.predict(list(texts), list(pairs) or None), strict=True):
+    try:
+        results = classifier.predict(list(texts), list(pairs) or None)
+    except ValueError as err:  # a question the model cannot answer: one sentence, no traceback
+        raise ConfigError(str(err)) from None
+    for text, result in zip(texts, results, strict=True):
         click.echo(json.dumps({"text": text, **result}))
 
 
@@ -145,14 +155,30 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     click.echo(write_comparison(list(run_dirs), out), nl=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that the stage in progress is marked interrupted and files being
+    written are left as their atomic writes leave them: whole or absent."""
+
+
+_TERMINATED: list[int] = []
+"""Holds the signal once SIGTERM arrived (click turns the exception into ``Abort`` on its way out)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED.append(signum)
+    raise Terminated
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1, without a traceback."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # ranks are stopped by their launcher, which reports it
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        if _TERMINATED:
+            click.echo("terminated (SIGTERM); rerun the same command to resume", err=True)
+            sys.exit(143)
         click.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     except click.ClickException as err:

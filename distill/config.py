@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,7 +36,9 @@ def _distinct(seeds: list[int] | None) -> list[int] | None:
 class Strict(BaseModel):
     """Base model: unknown keys are errors, values are validated on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class TrainingConfig(Strict):
@@ -660,6 +663,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path) -> No
             node[last] = value
 
 
+def _known_keys(model: type[BaseModel] = None) -> set[str]:  # type: ignore[assignment]
+    """Every key of the schema, at any depth: what a misspelt key is matched against."""
+    keys: set[str] = set()
+    for model_class in (model,) if model else (Config, DistilBertStudentConfig, TinyBertStudentConfig):
+        for name, field in model_class.model_fields.items():
+            keys.add(name)
+            nested = field.annotation if isinstance(field.annotation, type) else None
+            if nested is not None and issubclass(nested, BaseModel):
+                keys |= _known_keys(nested)
+    return keys
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source} has {error.error_count()} problem(s):"]
     for item in error.errors():
@@ -667,7 +682,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
         parts = [p for i, p in enumerate(loc) if not (p in RECIPES and i > 0 and isinstance(loc[i - 1], int))]
         location = ".".join(str(part) for part in parts) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  - {location}: unknown key (value {item['input']!r}); remove it or check its spelling")
+            close = difflib.get_close_matches(str(parts[-1]), _known_keys(), n=1, cutoff=0.75) if parts else []
+            fix = f"did you mean {close[0]}?" if close else "remove it or check its spelling"
+            lines.append(f"  - {location}: unknown key (value {item['input']!r}); {fix}")
         elif item["type"] == "missing":
             lines.append(f"  - {location}: required key is missing")
         else:
@@ -683,6 +700,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def _yaml_where(error: yaml.YAMLError) -> str:
+    """Where a YAML error is and what it is: the problem's line and column, and the construct it interrupted."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None:
+        return ""
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" + (f" ({problem})" if problem else "")
+    context, opened = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and opened is not None:
+        where += f", {context} that starts at line {opened.line + 1}, column {opened.column + 1}"
+    return where
+
+
 def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
     """Read, resolve and validate a YAML config.
 
@@ -691,16 +720,24 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
         overrides: ``key=value`` strings applied after the file is read; their paths resolve against the cwd.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.yaml"))
+        example = inside[0] if inside else path / "quick.yaml"
+        raise ConfigError(f"config path {path} is a directory; pass a YAML file, such as {example}")
     if not path.is_file():
         raise ConfigError(
             f"config file {path} does not exist; pass the path of a YAML file such as configs/sst2/quick.yaml"
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax there") from None
+        raise ConfigError(f"config file {path} is not valid YAML{_yaml_where(err)}; fix the syntax there") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (data:, teacher:, students:, ...)")
     _resolve_paths(raw, path.resolve().parent)

@@ -12,8 +12,10 @@ from distill.config import Config
 from distill.data import TaskData, tokenize
 from distill.evaluate import MODEL_INPUTS
 from distill.export import export_onnx
+from distill.files import read_json, write_json
 from distill.layout import RunLayout
 from distill.optimize import optimize_bundle
+from distill.runtime import TEXT_PAIR_KEY
 
 
 def _kept(variant: dict[str, Any]) -> str:
@@ -48,6 +50,8 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
     for name in names:
         bundle = layout.bundle(name)
         fidelity = export_onnx(layout.model(name), bundle, export, validation, teacher_logits)
+        bundle_config = read_json(bundle / "config.json")
+        write_json(bundle / "config.json", {**bundle_config, TEXT_PAIR_KEY: data.has_pair})  # read by predict
         variants = optimize_bundle(bundle, export, dev_rows, labels, data.metrics, calibration_rows)
         summary[name] = {
             "max_abs_diff": fidelity["max_abs_diff"],

@@ -59,7 +59,7 @@ def load_model(model_dir: Path) -> PreTrainedModel:
     """The classifier in float32, eval mode, with eager attention (the only kind ORT's optimiser fuses)."""
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, attn_implementation="eager", dtype=torch.float32
+            model_dir, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
         )
     except (OSError, ValueError) as err:
         raise ExportError(

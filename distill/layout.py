@@ -21,6 +21,7 @@ from typing import Any
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
 REPORT_FILE = "report.md"
 STATISTICS_FILE = "statistics.json"
 EVAL_FILE = "eval.json"

@@ -10,6 +10,8 @@ When a stage's inputs really changed, its previous outputs are moved to ``RUN/pr
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +25,11 @@ import yaml
 from pydantic import BaseModel
 
 from distill import distributed
-from distill.config import Config, config_from_dict
+from distill.config import Config, config_from_dict, dump_config
 from distill.data import TaskData, load_task_data
 from distill.env import environment
-from distill.errors import ConfigError, StageError
-from distill.files import fingerprint, read_json, write_json
+from distill.errors import ConfigError, DistillError, StageError
+from distill.files import file_digest, fingerprint, read_json, write_json, write_text
 from distill.layout import TWIN_SUFFIX, RunLayout
 
 RULE = 2
@@ -170,6 +172,13 @@ class Run:
     def fingerprints(self) -> dict[str, str]:
         return stage_fingerprints(self.config)
 
+    @cached_property
+    def data_digest(self) -> str | None:
+        """A hash of the local data files' bytes (None for a hub dataset): kept beside each stage's fingerprint,
+        so that a data file edited under a finished run makes its stages recompute rather than be reused."""
+        files = [path for path in (self.config.data.train, self.config.data.validation) if path is not None]
+        return file_digest(*files) if files and all(Path(path).is_file() for path in files) else None
+
     def save_manifest(self) -> None:
         write_json(self.layout.manifest, self.manifest)
 
@@ -190,14 +199,16 @@ class Run:
         return self.fingerprints["report"]
 
 
-def open_run(config: Config, run_dir: Path) -> Run:
+def open_run(config: Config, run_dir: Path, data: TaskData | None = None) -> Run:
     """Open (or prepare) ``run_dir`` for ``config`` without writing anything; an older manifest is migrated in
-    memory (:func:`migrate`) and saved by the first stage that runs."""
+    memory (:func:`migrate`) and saved by the first stage that runs. ``data``: the task's data, when already loaded."""
     run = Run(config=config, run_dir=Path(run_dir))
+    if data is not None:
+        run.__dict__["data"] = data  # the cached property, filled
     if run.layout.manifest.is_file():
         run.manifest = read_json(run.layout.manifest)
         carried = migrate(run.manifest, run.layout)
-        if carried:
+        if carried and data is None:  # said once per command: when the data is first loaded
             click.echo(f"manifest: fingerprints of {len(carried)} finished stage(s) carried over to rule {RULE}")
     else:
         run.manifest = {"created": _now(), "fingerprint_rule": RULE, "stages": {}}
@@ -238,29 +249,27 @@ def run_stage(
     same inputs. In a data-parallel run, every rank runs ``work`` when ``collective`` (training), otherwise rank 0
     alone; rank 0 alone writes the manifest. Returns whether the stage ran.
     """
-    digest = run.fingerprints[key]
+    digest, data = run.fingerprints[key], run.data_digest
     entry = run.manifest["stages"].get(key)
-    complete = (
-        entry
-        and entry.get("fingerprint") == digest
-        and entry.get("status") == "complete"
-        and all(path.exists() for path in outputs)
-    )
+    data_changed = bool(entry and data and entry.get("data") not in (None, data))  # None: recorded before it was
+    changed = bool(entry and (entry.get("fingerprint") != digest or data_changed))
+    complete = not changed and entry and entry.get("status") == "complete" and all(path.exists() for path in outputs)
     if distributed.broadcast(bool(complete)):  # every rank takes rank 0's decision
         click.echo(f"[{key}] complete, inputs unchanged: skipped")
         return False
-    main = distributed.is_main()
-    if entry and entry.get("fingerprint") != digest:
+    main, moved = distributed.is_main(), None
+    if changed:
         moved = distributed.on_main(lambda: move_aside(run, key, aside))
         where = f"; the previous outputs are kept in {moved}" if moved else ""
-        click.echo(f"[{key}] inputs changed since the last run: recomputing{where}")
+        what = "the data files changed" if data_changed else "inputs changed"
+        click.echo(f"[{key}] {what} since the last run: recomputing{where}")
     elif entry and entry.get("status") != "complete":
         click.echo(f"[{key}] resuming an interrupted run")
     elif entry:
         click.echo(f"[{key}] outputs missing from the run directory: recomputing")
     click.echo(f"[{key}] {start}")
     started = time.time()
-    run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "started": _now()}
+    run.manifest["stages"][key] = {"status": "running", "fingerprint": digest, "data": data, "started": _now()}
     if main:
         run.save_manifest()
     distributed.barrier()
@@ -272,16 +281,25 @@ def run_stage(
         return True
     try:
         result = work()
+    except DistillError:
+        if moved is None or entry is None:
+            run.manifest["stages"][key].update(status="failed", error=_first_line(sys.exc_info()[1]))
+        else:  # a refusal of new inputs: the finished outputs go back in place, as if it had not been tried
+            attempt = restore(run, key, moved, aside)
+            run.manifest["stages"][key] = entry
+            left = f" (what this attempt wrote is in {attempt})" if attempt else ""
+            click.echo(f"[{key}] refused; the earlier outputs are back in place{left}")
+        run.save_manifest()
+        raise
     except BaseException as err:
-        run.manifest["stages"][key].update(
-            status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__
-        )
+        run.manifest["stages"][key].update(status="failed", error=_first_line(err))
         run.save_manifest()
         raise
     seconds = round(time.time() - started, 1)
     run.manifest["stages"][key] = {
         "status": "complete",
         "fingerprint": digest,
+        "data": data,
         "started": run.manifest["stages"][key]["started"],
         "finished": _now(),
         "seconds": seconds,
@@ -289,9 +307,26 @@ def run_stage(
         "summary": result.summary,
     }
     run.save_manifest()
+    write_text(run.layout.config, dump_config(run.config))  # the config the finished stages ran with
     click.echo(f"[{key}] {result.line} ({_duration(seconds)})")
     distributed.barrier()
     return True
+
+
+def restore(run: Run, key: str, moved: Path, aside: Sequence[Path]) -> Path | None:
+    """Put the outputs :func:`move_aside` moved to ``moved`` back in place, first moving aside what the failed
+    attempt left there; returns where that went."""
+    attempt = move_aside(run, f"{key}-refused", aside)
+    for path in aside:
+        kept = moved / path.relative_to(run.run_dir)
+        if kept.exists():
+            os.replace(kept, path)
+    shutil.rmtree(moved, ignore_errors=True)
+    return attempt
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).splitlines()[0] if str(error) else type(error).__name__) if error else "unknown"
 
 
 def _duration(seconds: float) -> str:

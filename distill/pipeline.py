@@ -7,7 +7,7 @@ writes the manifest and the stage outputs, and the other ranks stop after the la
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,10 +15,10 @@ import click
 
 from distill import distributed
 from distill.config import Config, dump_config
-from distill.errors import DistillError
 from distill.files import write_text
 from distill.layout import EVAL_FILE, TEACHER
-from distill.manifest import Run, StageResult, any_complete, open_run, require, run_stage
+from distill.lock import claim
+from distill.manifest import Run, StageResult, open_run, require, run_stage
 from distill.preflight import preflight
 
 __all__ = ["STAGES", "Run", "open_run", "run_pipeline", "run_pipeline_parallel"]
@@ -144,35 +144,37 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
     """Run ``stages`` in order in ``run_dir``, skipping completed ones; the entry point of ``distill run``.
 
     Every check that needs only the config, the data and the teacher's config runs first
-    (:func:`distill.preflight.preflight`), so bad input writes nothing. A run directory created by this call is
-    removed again if it fails before any stage completes.
+    (:func:`distill.preflight.preflight`), so bad input writes nothing; the run directory is claimed first
+    (:func:`distill.lock.claim`).
     """
     main = distributed.is_main()
-    created = not run_dir.exists()
-    try:
-        run = open_run(config, run_dir)
-        preflight(config, run.data)
-        distributed.barrier()  # every rank has read the manifest before rank 0 writes to the run directory
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run.layout.config, dump_config(config))
-            run.save_manifest()
-        for stage in stages:
-            if stage not in TRAINING_STAGES:
-                distributed.leave()  # the other ranks are done: rank 0 exports, benchmarks and reports alone
-                if not main:
-                    break
-            STAGE_FUNCTIONS[stage](run)
-        distributed.leave()  # (after training-only commands) a live process group at exit can abort the process
-        if "bench" in stages and main:
-            from distill.gates import check_gates
-            from distill.records import BenchResults
+    data = open_run(config, run_dir).data
+    preflight(config, data)  # reads only: bad input is reported before anything else
+    with claim(run_dir) if main else contextlib.nullcontext():
+        return _run_stages(open_run(config, run_dir, data), stages, main)  # the manifest as read under the lock
 
-            check_gates(BenchResults.load(run.layout.results), config.bench.gates)
-    except DistillError:
-        if main and created and run_dir.exists() and not any_complete(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+
+def _run_stages(run: Run, stages: Iterable[str], main: bool) -> Run:
+    """:func:`run_pipeline`'s work, once the run directory is this process's."""
+    config, run_dir = run.config, run.run_dir
+    distributed.barrier()  # every rank has read the manifest before rank 0 writes to the run directory
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not run.layout.config.is_file():  # rewritten as each stage completes, so a refused run leaves it alone
+            write_text(run.layout.config, dump_config(config))
+        run.save_manifest()
+    for stage in stages:
+        if stage not in TRAINING_STAGES:
+            distributed.leave()  # the other ranks are done: rank 0 exports, benchmarks and reports alone
+            if not main:
+                break
+        STAGE_FUNCTIONS[stage](run)
+    distributed.leave()  # (after training-only commands) a live process group at exit can abort the process
+    if "bench" in stages and main:
+        from distill.gates import check_gates
+        from distill.records import BenchResults
+
+        check_gates(BenchResults.load(run.layout.results), config.bench.gates)
     return run
 
 
@@ -183,5 +185,6 @@ def run_pipeline_parallel(config: Config, run_dir: Path, processes: int, argumen
     """
     distributed.check_batch_sizes(config.batch_sizes(), processes)
     preflight(config, open_run(config, run_dir).data)
-    click.echo(f"starting {processes} data-parallel processes")
-    distributed.launch(arguments, processes)
+    with claim(run_dir, for_ranks=True):
+        click.echo(f"starting {processes} data-parallel processes")
+        distributed.launch(arguments, processes)

@@ -20,6 +20,8 @@ those that passed their fidelity budget."""
 PREFERRED_MODEL_FILES = tuple(MODEL_FILES)
 # tokenizer_config.json stores a huge sentinel when the model has no length limit.
 NO_LENGTH_LIMIT = 1_000_000
+TEXT_PAIR_KEY = "distill_text_pair"
+"""Key distill adds to a bundle's ``config.json``: whether the model reads sentence pairs."""
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -45,7 +47,14 @@ def create_session(model_path: Path | str, threads: int | None = None) -> ort.In
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for unreadable graphs
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ExportError(
+            f"ONNX model {model_path} cannot be loaded ({first}); it may be truncated or damaged: rerun "
+            "`distill export` (or copy the bundle again)"
+        ) from None
 
 
 def padded_feeds(
@@ -146,6 +155,8 @@ class OnnxClassifier:
         self.batch_size = batch_size
         config = json.loads((bundle_dir / "config.json").read_text(encoding="utf-8"))
         self.id2label = {int(i): label for i, label in config.get("id2label", {}).items()}
+        self.text_pair: bool | None = config.get(TEXT_PAIR_KEY)
+        """Whether the model reads sentence pairs (None for bundles from before distill recorded it)."""
         self.tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self._max_length(bundle_dir, config))
@@ -166,14 +177,25 @@ class OnnxClassifier:
         return self.id2label.get(class_id, f"LABEL_{class_id}")
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[dict[str, float | str]]:
-        """One ``{"label", "score"}`` per text: the arg-max label and its softmax probability.
+        """One ``{"label", "score"}`` per text: the arg-max label and its softmax probability; for a regression model
+        (one output), ``{"score"}``: the predicted value.
 
-        For a regression model (one output) ``score`` is the raw predicted value.
+        Raises:
+            ValueError: an empty text, second texts for a single-text model or none for a pair model.
         """
         if isinstance(texts, str):
             texts = [texts]
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs; pass one pair per text")
+        if self.text_pair is True and text_pairs is None:
+            raise ValueError(
+                "this model classifies sentence pairs; give the second text of each pair (--pair on the command "
+                "line, text_pairs in Python)"
+            )
+        if self.text_pair is False and text_pairs is not None:
+            raise ValueError("this model classifies single texts, not pairs; leave out --pair (text_pairs in Python)")
+        if any(not text.strip() for text in [*texts, *(text_pairs or [])]):
+            raise ValueError("an empty text has nothing to classify; pass at least one word per text")
         batch = list(texts) if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         encodings = [
             {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
@@ -181,7 +203,7 @@ class OnnxClassifier:
         ]
         logits = onnx_logits(self.session, encodings, self.batch_size)  # (n, num_labels)
         if logits.shape[1] == 1:
-            return [{"label": self.label(0), "score": float(value)} for value in logits[:, 0]]
+            return [{"score": float(value)} for value in logits[:, 0]]  # regression: a score, no label
         probabilities = _softmax(logits)
         best = probabilities.argmax(axis=-1)
         return [{"label": self.label(int(k)), "score": float(probabilities[row, k])} for row, k in enumerate(best)]

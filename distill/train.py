@@ -19,6 +19,7 @@ import click
 import numpy as np
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError, safe_open
 from torch.utils.tensorboard import SummaryWriter
 from transformers import (
     AutoModelForSequenceClassification,
@@ -163,7 +164,8 @@ class TrainResult:
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest checkpoint that was completely written, removing any newer one that a kill cut short.
 
-    Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one is incomplete.
+    Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one is incomplete; so is one whose
+    ``model.safetensors`` is missing or truncated (distill resumes from safetensors weights only).
     """
     if not checkpoint_dir.is_dir():
         return None
@@ -175,7 +177,10 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     for path in candidates:
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            with safe_open(str(path / "model.safetensors"), framework="pt"):  # reads and checks the header and size
+                pass
+        except (OSError, ValueError, SafetensorError):
+            click.echo(f"note: checkpoint {path.name} is incomplete or not safetensors; it is removed", err=True)
             shutil.rmtree(path, ignore_errors=True)
             continue
         return str(path)
@@ -315,7 +320,7 @@ def train_model(
     if not is_main:  # followers are done: rank 0 evaluates and saves the result
         return TrainResult(trainer.model, {}, list(trainer.state.log_history), last_checkpoint, precision)
     best = read_json(best_dir / "best.json")
-    best_model = AutoModelForSequenceClassification.from_pretrained(best_dir)
+    best_model = AutoModelForSequenceClassification.from_pretrained(best_dir, use_safetensors=True)
     history = list(trainer.state.log_history)
     return TrainResult(best_model, best, history, last_checkpoint, precision)
 

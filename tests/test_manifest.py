@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from distill.config import Config, TrainingConfig, config_from_dict
+from distill.errors import TeacherError
 from distill.files import read_json
 from distill.layout import RunLayout
 from distill.manifest import RULE, StageResult, legacy_fingerprints, open_run, run_stage, stage_fingerprints
@@ -125,3 +126,61 @@ def test_an_unreadable_config_yaml_carries_nothing_over(tmp_path):
     assert not any("migrated_from_rule" in entry for entry in run.manifest["stages"].values())
     with pytest.raises(AssertionError, match="recomputed"):
         run_stage(run, "teacher", [], fail_if_called, "would work")
+
+
+def test_a_data_file_edited_under_a_finished_run_makes_its_stages_recompute(tmp_path, capsys):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("sentence\tlabel\ngood \t1\n")
+    dev.write_text("sentence\tlabel\nbad \t0\n")
+    raw["data"].update(train=str(train), validation=str(dev))
+    run_dir = tmp_path / "run"
+    output = run_dir / "outputs" / "teacher"
+    output.parent.mkdir(parents=True)
+    output.write_text("done")
+    calls = []
+
+    def work() -> StageResult:
+        calls.append(1)
+        return StageResult({}, "done")
+
+    assert run_stage(open_run(config_from_dict(raw), run_dir), "teacher", [output], work, "working")
+    assert not run_stage(open_run(config_from_dict(raw), run_dir), "teacher", [output], work, "working")
+    dev.write_text("sentence\tlabel\nbad \t1\n")  # same path, new content
+    capsys.readouterr()
+    assert run_stage(open_run(config_from_dict(raw), run_dir), "teacher", [output], work, "working")
+    assert "[teacher] the data files changed since the last run: recomputing" in capsys.readouterr().out
+    assert len(calls) == 2
+
+
+def test_a_refused_change_puts_the_finished_outputs_back(tmp_path, capsys):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    run = open_run(config_from_dict(raw), run_dir)
+    teacher = run.layout.teacher
+
+    def finish() -> StageResult:
+        teacher.mkdir(parents=True, exist_ok=True)
+        (teacher / "eval.json").write_text('{"finished": true}')
+        return StageResult({}, "teacher written")
+
+    assert run_stage(run, "teacher", [teacher / "eval.json"], finish, "fine-tuning", aside=[teacher])
+    finished = read_json(run.layout.manifest)["stages"]["teacher"]
+    before = (run_dir / "config.yaml").read_bytes()
+
+    def refuse() -> StageResult:
+        teacher.mkdir(parents=True, exist_ok=True)
+        (teacher / "partial.bin").write_text("half a teacher")
+        raise TeacherError("the teacher is no better than chance")
+
+    raw["teacher"]["source"] = "/elsewhere/teacher"
+    changed = open_run(config_from_dict(raw), run_dir)
+    with pytest.raises(TeacherError):
+        run_stage(changed, "teacher", [teacher / "eval.json"], refuse, "fine-tuning", aside=[teacher])
+    assert sorted(p.name for p in teacher.iterdir()) == ["eval.json"]
+    assert (teacher / "eval.json").read_text() == '{"finished": true}'
+    assert read_json(run.layout.manifest)["stages"]["teacher"] == finished
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert "[teacher] refused; the earlier outputs are back in place" in capsys.readouterr().out
+    again = open_run(config_from_dict(yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))), run_dir)
+    assert run_stage(again, "teacher", [teacher / "eval.json"], fail_if_called, "fine-tuning") is False

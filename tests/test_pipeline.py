@@ -141,8 +141,12 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
 
     checkpoints = tmp_path / "checkpoints"
     assert last_complete_checkpoint(checkpoints) is None
+    import torch
+    from safetensors.torch import save_file
+
     (checkpoints / "checkpoint-5").mkdir(parents=True)
     (checkpoints / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    save_file({"weight": torch.zeros(4)}, str(checkpoints / "checkpoint-5" / "model.safetensors"))
     (checkpoints / "checkpoint-10").mkdir()
     (checkpoints / "checkpoint-10" / "model.safetensors").write_text("partial")
     (checkpoints / "checkpoint-15").mkdir()

@@ -42,7 +42,7 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
     def train(self, context: StudentContext) -> TrainedStudent:
         config, spec, data = context.config, context.spec, context.data
         assert isinstance(spec, DistilBertStudentConfig)
-        teacher = AutoModelForSequenceClassification.from_pretrained(context.teacher_dir)
+        teacher = AutoModelForSequenceClassification.from_pretrained(context.teacher_dir, use_safetensors=True)
         layer_map = self.layer_map(spec, teacher.config)
         source, origin = initialisation_source(spec, teacher, context.teacher_dir, config.seed)
         torch.manual_seed(config.seed)

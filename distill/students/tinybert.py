@@ -60,6 +60,11 @@ def checkpoint_problem(spec: TinyBertStudentConfig, teacher_config: PretrainedCo
             f"init_checkpoint {path} is not a saved model directory (no config.json); point it at a directory "
             "written by save_pretrained, such as RUN/students/NAME/stage1/final"
         )
+    if not any(path.glob("*.safetensors")):
+        return (
+            f"init_checkpoint {path} holds no safetensors weights, and distill loads no other format (pickled "
+            "weights can run code); save the checkpoint with save_pretrained(safe_serialization=True)"
+        )
     try:
         saved = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -99,7 +104,7 @@ def build_tinybert_student(
             raise StudentError(problem)
         path = Path(str(spec.init_checkpoint)).expanduser()
         student = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=teacher.config.num_labels, ignore_mismatched_sizes=True
+            path, num_labels=teacher.config.num_labels, ignore_mismatched_sizes=True, use_safetensors=True
         )
         student.config.id2label, student.config.label2id = teacher.config.id2label, teacher.config.label2id
         return student, {"init": "checkpoint", "checkpoint": str(path)}
@@ -160,7 +165,7 @@ def _intermediate_stage(
         "convention": "MSE(W x student, teacher) per mapped hidden state; attention MSE over heads and real "
         "(query, key) pairs; teacher heads averaged in groups when the student has fewer",
     }
-    return AutoModelForSequenceClassification.from_pretrained(final), record
+    return AutoModelForSequenceClassification.from_pretrained(final, use_safetensors=True), record
 
 
 def train_tinybert(context: StudentContext) -> TrainedStudent:
@@ -173,7 +178,9 @@ def train_tinybert(context: StudentContext) -> TrainedStudent:
 
     config, spec, data, tokenizer = context.config, context.spec, context.data, context.tokenizer
     assert isinstance(spec, TinyBertStudentConfig)
-    teacher = AutoModelForSequenceClassification.from_pretrained(context.teacher_dir, attn_implementation="eager")
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        context.teacher_dir, attn_implementation="eager", use_safetensors=True
+    )
     layer_map = TinyBertRecipe().layer_map(spec, teacher.config)  # raises what `distill validate` reports
     source, origin = initialisation_source(spec, teacher, context.teacher_dir, config.seed)
     student, init = build_tinybert_student(source, spec, layer_map, config.seed)
