@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -155,6 +156,15 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     click.echo(write_comparison(list(run_dirs), out), nl=False)
 
 
+DISK_ERRORS = {
+    errno.ENOSPC: "free space on that disk (`df -h`)",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "pass a --run-dir on a writable disk",
+    errno.EACCES: "pass a --run-dir you may write to",
+}
+"""Errors of the disk a run writes to, with their fix: one sentence instead of a traceback."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that the stage in progress is marked interrupted and files being
     written are left as their atomic writes leave them: whole or absent."""
@@ -186,6 +196,16 @@ def main() -> None:
         sys.exit(err.exit_code)
     except DistillError as err:
         click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        click.echo(
+            f"error: {os.strerror(err.errno).lower()}{where}; {DISK_ERRORS[err.errno]}, then rerun the same command "
+            "to resume (finished stages and the last complete checkpoint are kept)",
+            err=True,
+        )
         sys.exit(1)
     except RuntimeError as err:
         from distill import distributed

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 
 from distill.config import DataConfig
@@ -172,10 +173,21 @@ def _encode_labels(labels: pd.Series, label_names: list[str] | None, where: str)
     return encoded
 
 
+def _texts(series: pd.Series, key: str, where: str) -> list[str]:
+    """A text column as strings; a column of objects, lists or arrays (JSONL, Parquet) is refused, not stringified."""
+    odd = next((value for value in series if isinstance(value, (dict, list, tuple, np.ndarray))), None)
+    if odd is not None:
+        raise DataError(
+            f"{where}: {key} {series.name!r} holds {type(odd).__name__} values such as {str(odd)[:60]!r}, not text; "
+            f"point {key} at a column of strings"
+        )
+    return series.astype(str).tolist()
+
+
 def _canonical(frame: pd.DataFrame, columns: Columns, label_names: list[str] | None, where: str) -> datasets.Dataset:
-    out = {"text": frame[columns.text].astype(str).tolist()}
+    out = {"text": _texts(frame[columns.text], "data.text_column", where)}
     if columns.text_pair:
-        out["text_pair"] = frame[columns.text_pair].astype(str).tolist()
+        out["text_pair"] = _texts(frame[columns.text_pair], "data.text_pair_column", where)
     out["label"] = _encode_labels(frame[columns.label], label_names, where)
     return datasets.Dataset.from_dict(out)
 

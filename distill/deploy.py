@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import click
@@ -34,6 +35,8 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
     Prints one line per bundle; returns ``{name: summary}`` for the manifest.
     """
     export = config.export
+    for staging in layout.onnx.glob(".*.tmp"):  # left by an export that was killed: never a finished bundle
+        shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(layout.teacher)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     columns = [name for name in MODEL_INPUTS if name in validation.column_names]

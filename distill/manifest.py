@@ -41,9 +41,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def settings(section: BaseModel) -> Any:
-    """The values of a config section that differ from the schema's defaults: what a fingerprint hashes."""
-    return section.model_dump(mode="json", exclude_defaults=True)
+def settings(section: BaseModel, exclude: set[str] | None = None) -> Any:
+    """The values of a config section that differ from the schema's defaults: what a fingerprint hashes. Values
+    that judge a stage's result rather than shape it (``teacher.min_margin``, ``bench.gates``) are excluded."""
+    return section.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
 
 
 def _stage_fingerprints(
@@ -85,15 +86,15 @@ def _stage_fingerprints(
 
 
 def stage_fingerprints(config: Config) -> dict[str, str]:
-    """Every stage's fingerprint under the current rule; ``bench.gates`` judge results and are left out."""
+    """Every stage's fingerprint under the current rule."""
     return _stage_fingerprints(
         RULE,
-        (config.task, config.seed, settings(config.data), settings(config.teacher)),
+        (config.task, config.seed, settings(config.data), settings(config.teacher, exclude={"min_margin"})),
         config.seeds,
         config.seed,
         [(student.name, settings(student)) for student in config.trained_students()],
         settings(config.export),
-        config.bench.model_dump(mode="json", exclude_defaults=True, exclude={"gates"}),
+        settings(config.bench, exclude={"gates"}),
     )
 
 

@@ -15,6 +15,7 @@ import click
 
 from distill import distributed
 from distill.config import Config, dump_config
+from distill.errors import TeacherError
 from distill.files import write_text
 from distill.layout import EVAL_FILE, TEACHER
 from distill.lock import claim
@@ -36,7 +37,8 @@ def _model_names(run: Run) -> list[str]:
 
 def stage_teacher(run: Run) -> None:
     """Load, fine-tune when needed, evaluate and gate the teacher into ``RUN/teacher``."""
-    from distill.teacher import plan, run_teacher_stage
+    from distill.records import TeacherEval
+    from distill.teacher import gate, plan, run_teacher_stage
 
     def work() -> StageResult:
         record = run_teacher_stage(run.config, run.data, run.layout.teacher)
@@ -44,6 +46,11 @@ def stage_teacher(run: Run) -> None:
 
     layout = run.layout
     run_stage(run, "teacher", [layout.teacher_eval], work, plan(run.config, run.data), aside=[layout.teacher])
+    refusal = distributed.is_main() and gate(TeacherEval.load(layout.teacher_eval), run.config.teacher.min_margin)
+    if refusal:  # the other ranks stop at their next collective
+        raise TeacherError(
+            f"{refusal}; the teacher stays in {layout.teacher}, so a rerun with another margin reuses it"
+        )
 
 
 def stage_train(run: Run, names: Iterable[str] | None = None) -> None:

@@ -74,6 +74,11 @@ def problems(config: Config, data: TaskData) -> list[str]:
     if teacher is None:
         return []
     found = []
+    if getattr(teacher, "pad_token_id", None) is None:
+        found.append(
+            f"teacher.source: the teacher ({teacher.model_type}) has no padding token, which batches of texts of "
+            "different lengths need; distill distils BERT-family encoders: use one as teacher.source"
+        )
     if config.teacher.finetune != "always":
         problem = head_problem(teacher, config.teacher.source, data)
         if problem:

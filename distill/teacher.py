@@ -162,6 +162,12 @@ def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_met
     )
 
 
+def gate(record: TeacherEval, margin: float) -> str | None:
+    """:func:`quality_gate` on a saved teacher's record: the reason to refuse it at ``margin``, or None."""
+    baseline = {name: value for name, value in record.majority_baseline.items() if name != "label"}
+    return quality_gate(record.metrics, baseline, record.main_metric, margin)
+
+
 def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
     """Where the teacher's weights before fine-tuning came from: its own source when distill fine-tunes it here;
     for a teacher fine-tuned by an earlier distill run (its ``eval.json`` beside the weights), that run's origin;
@@ -257,6 +263,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
     ``teacher_dir/candidates/seed-K``, their weights are removed once the chosen one is saved.
 
     Writes ``teacher_dir``: the HF model and tokenizer, ``eval.json`` and ``dev_logits.npy`` ``(n_dev, num_labels)``.
+    The quality gate (:func:`gate`) is the pipeline's to apply, after the teacher is saved.
     In a data-parallel run every rank fine-tunes; rank 0 alone evaluates and writes, and every rank returns the
     record.
     """
@@ -316,10 +323,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
         if baseline:
             constant = np.full(len(data.validation), data.label_names.index(baseline["label"]))  # type: ignore[union-attr]
             baseline_metrics = compute_metrics(data.metrics, constant, np.asarray(data.validation["label"]))
-        refusal = quality_gate(metrics, baseline_metrics, data.main_metric, settings.min_margin)
-        if refusal is not None:
-            raise TeacherError(refusal)
-        chosen.save_pretrained(teacher_dir)
+        chosen.save_pretrained(teacher_dir)  # kept even when the gate refuses it: a rerun with another margin uses it
         tokenizer.save_pretrained(teacher_dir)
         save_array(teacher_dir / DEV_LOGITS_FILE, logits)
         record = TeacherEval(

@@ -200,7 +200,7 @@ def test_a_failure_on_one_rank_stops_every_rank_with_one_message(tmp_path, tiny_
     assert "min_margin" in errors[0]
     assert errors[-1].startswith("error: process 0 of 2 failed")
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists(), "as in one process, a run that failed in its first stage leaves nothing"
+    assert (tmp_path / "run" / "teacher" / "eval.json").is_file(), "a refused teacher is kept for a rerun"
 
 
 @pytest.mark.integration

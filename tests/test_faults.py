@@ -3,6 +3,7 @@ touched. (Part of the fault suite: config files, run directories, locks, weights
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from distill.config import load_config
-from distill.errors import ConfigError, StageError
+from distill.errors import ConfigError, StageError, TeacherError
 from distill.lock import claim, run_lock
 from distill.runtime import TEXT_PAIR_KEY, OnnxClassifier
 from distill.train import last_complete_checkpoint
@@ -241,3 +242,73 @@ def test_sigterm_mid_training_says_how_to_resume_and_the_rerun_resumes(tmp_path,
     result = run_cli(*command[3:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[student:s2] resuming an interrupted run" in result.stdout
+
+
+# --- the teacher's quality gate keeps the teacher -----------------------------------------------------------------
+
+
+def test_a_teacher_refused_by_the_gate_is_kept_and_reused_with_another_margin(tmp_path, tiny_encoder_dir, capsys):
+    from distill.pipeline import run_pipeline
+    from tests.test_pipeline import write_config as write_job
+
+    learnable = write_sst2_like(tmp_path / "train.tsv", 400, seed=1), write_sst2_like(tmp_path / "dev.tsv", 64, seed=2)
+    job = write_job(tmp_path, tiny_encoder_dir, *learnable)
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        TeacherError, match="min_margin.*the teacher stays in .*, so a rerun with another margin reuses it"
+    ):
+        run_pipeline(load_config(job, ["teacher.min_margin=1.0"]), run_dir, stages=("teacher", "train"))
+    kept = checksums(run_dir / "teacher")
+    assert "eval.json" in kept and "model.safetensors" in kept
+    capsys.readouterr()
+    run_pipeline(load_config(job, ["teacher.min_margin=0.0"]), run_dir, stages=("teacher",))
+    assert "[teacher] complete, inputs unchanged: skipped" in capsys.readouterr().out
+    assert checksums(run_dir / "teacher") == kept
+
+
+# --- disks, teachers and data distill cannot use ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"), [(errno.ENOSPC, "free space on that disk"), (errno.EROFS, "pass a --run-dir on a writable disk")]
+)
+def test_a_full_or_read_only_disk_is_one_sentence(tmp_path, monkeypatch, capsys, code, fix):
+    import distill.pipeline
+    from distill.cli import main
+
+    def write_fails(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "run" / "teacher" / "checkpoints"))
+
+    monkeypatch.setattr(distill.pipeline, "run_pipeline", write_fails)
+    monkeypatch.setattr(sys, "argv", ["distill", "teacher", str(QUICK), "--run-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {os.strerror(code).lower()} writing {tmp_path}")
+    assert fix in lines[0] and "rerun the same command to resume" in lines[0]
+
+
+def test_a_teacher_without_a_padding_token_is_refused_by_validate(tmp_path, sst2_like):
+    from transformers import GPT2Config
+
+    teacher = tmp_path / "gpt2"
+    GPT2Config(n_layer=2, n_embd=32, n_head=4, architectures=["GPT2ForSequenceClassification"]).save_pretrained(teacher)
+    job = write_config(tmp_path, *sst2_like, teacher)
+    result = run_cli("validate", job, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the teacher (gpt2) has no padding token" in result.stderr
+
+
+def test_a_text_column_of_objects_is_refused(tmp_path):
+    from distill.config import DataConfig
+    from distill.data import load_task_data
+    from distill.errors import DataError
+
+    rows = [{"text": {"title": "good", "body": "fine film"}, "label": 1}, {"text": {"title": "bad"}, "label": 0}]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    data = DataConfig(train=tmp_path / "train.jsonl", validation=tmp_path / "dev.jsonl", text_column="text",
+                      label_column="label")  # fmt: skip
+    with pytest.raises(DataError, match="data.text_column 'text' holds dict values such as .*not text"):
+        load_task_data(data, None)
