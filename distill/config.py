@@ -149,7 +149,10 @@ class TeacherConfig(Strict):
     head; `never`: use the checkpoint as it is (it must have a trained head).
     """
     min_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
-    """The teacher must beat the majority-class baseline by this much on the dev set's main metric, or the run stops."""
+    """The teacher must beat the majority-class baseline by this much on the dev set's main metric, or the run stops
+    before the students; the teacher is kept, so a rerun with another margin reuses it (the margin is not part of the
+    teacher stage's fingerprint).
+    """
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     """Restarts: when distill fine-tunes the teacher, fine-tune it once per seed and keep the best on dev; each
     candidate's score stays in `teacher/candidates/seed-K/eval.json` and in the report. Candidate K is the teacher
