@@ -9,8 +9,6 @@ When a stage's inputs really changed, its previous outputs are moved to ``RUN/pr
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +22,7 @@ import click
 import yaml
 from pydantic import BaseModel
 
-from distill import distributed
+from distill import distributed, previous
 from distill.config import Config, config_from_dict, dump_config
 from distill.data import TaskData, load_task_data
 from distill.env import environment
@@ -216,24 +214,6 @@ def open_run(config: Config, run_dir: Path, data: TaskData | None = None) -> Run
     return run
 
 
-def move_aside(run: Run, key: str, paths: Sequence[Path]) -> Path | None:
-    """Move the existing ``paths`` (inside the run directory) to ``RUN/previous/KEY-TIME/``, keeping their
-    relative layout; returns that folder, or None when there was nothing to move."""
-    existing = [path for path in paths if path.exists()]
-    if not existing:
-        return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = run.layout.previous / f"{key.replace(':', '-').replace('@', '-seed-')}-{stamp}"
-    target, counter = base, 1
-    while target.exists():
-        target, counter = base.with_name(f"{base.name}-{counter}"), counter + 1
-    for path in existing:
-        destination = target / path.relative_to(run.run_dir)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, destination)
-    return target
-
-
 def run_stage(
     run: Run,
     key: str,
@@ -259,8 +239,21 @@ def run_stage(
         click.echo(f"[{key}] complete, inputs unchanged: skipped")
         return False
     main, moved = distributed.is_main(), None
+    if changed:  # outputs finished earlier with these very inputs may wait in previous/
+        restored = distributed.on_main(lambda: previous.bring_back(run.layout, key, digest, data, aside, entry))
+        if restored is not None:
+            folder, entry = restored
+            run.manifest["stages"][key] = entry
+            if main:
+                run.save_manifest()
+            click.echo(f"[{key}] inputs as in an earlier run: its outputs are back in place (from {folder})")
+            if distributed.broadcast(all(path.exists() for path in outputs)):
+                return False
+            changed = False
     if changed:
-        moved = distributed.on_main(lambda: move_aside(run, key, aside))
+        moved = distributed.on_main(
+            lambda: previous.move_aside(run.layout, key, aside, run.manifest["stages"].get(key))
+        )
         where = f"; the previous outputs are kept in {moved}" if moved else ""
         what = "the data files changed" if data_changed else "inputs changed"
         click.echo(f"[{key}] {what} since the last run: recomputing{where}")
@@ -286,7 +279,7 @@ def run_stage(
         if moved is None or entry is None:
             run.manifest["stages"][key].update(status="failed", error=_first_line(sys.exc_info()[1]))
         else:  # a refusal of new inputs: the finished outputs go back in place, as if it had not been tried
-            attempt = restore(run, key, moved, aside)
+            attempt = previous.restore(run.layout, key, moved, aside)
             run.manifest["stages"][key] = entry
             left = f" (what this attempt wrote is in {attempt})" if attempt else ""
             click.echo(f"[{key}] refused; the earlier outputs are back in place{left}")
@@ -312,18 +305,6 @@ def run_stage(
     click.echo(f"[{key}] {result.line} ({_duration(seconds)})")
     distributed.barrier()
     return True
-
-
-def restore(run: Run, key: str, moved: Path, aside: Sequence[Path]) -> Path | None:
-    """Put the outputs :func:`move_aside` moved to ``moved`` back in place, first moving aside what the failed
-    attempt left there; returns where that went."""
-    attempt = move_aside(run, f"{key}-refused", aside)
-    for path in aside:
-        kept = moved / path.relative_to(run.run_dir)
-        if kept.exists():
-            os.replace(kept, path)
-    shutil.rmtree(moved, ignore_errors=True)
-    return attempt
 
 
 def _first_line(error: BaseException | None) -> str:

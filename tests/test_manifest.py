@@ -184,3 +184,34 @@ def test_a_refused_change_puts_the_finished_outputs_back(tmp_path, capsys):
     assert "[teacher] refused; the earlier outputs are back in place" in capsys.readouterr().out
     again = open_run(config_from_dict(yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))), run_dir)
     assert run_stage(again, "teacher", [teacher / "eval.json"], fail_if_called, "fine-tuning") is False
+
+
+def test_going_back_to_earlier_inputs_brings_their_outputs_back_from_previous(tmp_path, capsys):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    teacher = RunLayout(run_dir).teacher
+
+    def write(text: str):
+        def work() -> StageResult:
+            teacher.mkdir(parents=True, exist_ok=True)
+            (teacher / "eval.json").write_text(text)
+            return StageResult({}, "written")
+
+        return work
+
+    first = open_run(config_from_dict(raw), run_dir)
+    assert run_stage(first, "teacher", [teacher / "eval.json"], write("epochs 2"), "training", aside=[teacher])
+    raw["teacher"]["training"]["epochs"] = 5
+    assert run_stage(
+        open_run(config_from_dict(raw), run_dir), "teacher", [teacher / "eval.json"], write("epochs 5"), "training",
+        aside=[teacher],
+    )  # fmt: skip
+    raw["teacher"]["training"]["epochs"] = 2
+    capsys.readouterr()
+    back = open_run(config_from_dict(raw), run_dir)
+    assert run_stage(back, "teacher", [teacher / "eval.json"], fail_if_called, "training", aside=[teacher]) is False
+    assert "its outputs are back in place" in capsys.readouterr().out
+    assert (teacher / "eval.json").read_text() == "epochs 2"
+    assert read_json(back.layout.manifest)["stages"]["teacher"]["fingerprint"] == back.fingerprints["teacher"]
+    kept = [path / "teacher" / "eval.json" for path in (run_dir / "previous").glob("teacher-*")]
+    assert [path.read_text() for path in kept] == ["epochs 5"], "the newer outputs are kept in their turn"
