@@ -81,25 +81,46 @@ PROCESSES = click.option(
 )
 
 
+NODES = (
+    click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="Machines training "
+                 "together, each running this command with the same config, data and run directory (shared disk)."),
+    click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="This machine's number, 0 to nnodes - 1; node 0 writes the run directory."),
+    click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                 help="Where the nodes meet: an address and free port of node 0 that every node can reach."),
+)  # fmt: skip
+
+
 def _stage_command(name: str, stages: tuple[str, ...], help_text: str) -> Callable[..., None]:
-    def command(config: Path, run_dir: Path | None, overrides: tuple[str, ...], processes: int = 1) -> None:
+    def command(
+        config: Path,
+        run_dir: Path | None,
+        overrides: tuple[str, ...],
+        processes: int = 1,
+        nnodes: int = 1,
+        node_rank: int = 0,
+        rdzv_endpoint: str | None = None,
+    ) -> None:
         cfg = _load(config, overrides)
         _quiet_libraries()
         from distill import distributed
         from distill.pipeline import run_pipeline, run_pipeline_parallel
 
         target = run_dir or _default_run_dir(config)
-        if processes > 1 and "WORLD_SIZE" not in os.environ:
+        nodes = distributed.Nodes(nnodes, node_rank, rdzv_endpoint)
+        nodes.check()
+        if (processes > 1 or nodes.count > 1) and "WORLD_SIZE" not in os.environ:
             arguments = ["-m", "distill", name, str(config), "--run-dir", str(target)]
             arguments += [item for override in overrides for item in ("--set", override)]
-            run_pipeline_parallel(cfg, target, processes, arguments)  # rank 0 prints the summary
+            run_pipeline_parallel(cfg, target, processes, arguments, nodes)  # rank 0 prints the summary
             return
         distributed.init_from_environment()
         run_pipeline(cfg, target, stages)
         click.echo(f"done: {', '.join(stages)} in {target}")
 
     if set(stages) & {"teacher", "train"}:
-        command = PROCESSES(command)
+        for option in (PROCESSES, *NODES):
+            command = option(command)
     return cli.command(name=name, help=help_text)(CONFIG(RUN_DIR(OVERRIDES(command))))
 
 

@@ -16,6 +16,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -197,8 +198,36 @@ def check_batch_sizes(batch_sizes: dict[str, int], processes: int) -> None:
         )
 
 
-def launch(arguments: list[str], processes: int) -> None:
-    """Run ``python ARGUMENTS`` as ``processes`` ranks on this machine (torchrun's standalone mode) and wait.
+@dataclass(frozen=True)
+class Nodes:
+    """The machines of a data-parallel run: how many, which one this is, and where they meet.
+
+    Node 0 runs global rank 0, which writes the run directory; the ranks of node ``k`` are
+    ``k * processes ... (k + 1) * processes - 1`` (torchrun's static rendezvous).
+    """
+
+    count: int = 1
+    rank: int = 0
+    endpoint: str | None = None
+
+    def check(self) -> None:
+        if self.count > 1 and not self.endpoint:
+            raise ConfigError(
+                f"--nnodes {self.count} needs --rdzv-endpoint HOST:PORT, an address of node 0 every node can reach"
+            )
+        if not 0 <= self.rank < self.count:
+            raise ConfigError(
+                f"--node-rank {self.rank} is not one of the {self.count} nodes; use 0 to {self.count - 1}"
+            )
+
+
+ONE = Nodes()
+"""One machine: the default."""
+
+
+def launch(arguments: list[str], processes: int, nodes: Nodes = ONE) -> None:
+    """Run ``python ARGUMENTS`` as ``processes`` ranks on this machine and wait: alone (torchrun's standalone mode),
+    or as one of ``nodes.count`` machines meeting at ``nodes.endpoint`` (torchrun's static rendezvous).
 
     Each rank gets an equal share of the CPU cores as its thread count unless ``OMP_NUM_THREADS`` is set. When any
     rank fails, the launcher stops the others and this raises one :class:`DistillError` naming the failed rank.
@@ -209,21 +238,29 @@ def launch(arguments: list[str], processes: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    meeting = (
+        {"rdzv_backend": "c10d", "rdzv_endpoint": "localhost:0", "run_id": str(uuid.uuid4())}
+        if nodes.count == 1
+        else {  # every node must name the same run
+            "rdzv_backend": "static",
+            "rdzv_endpoint": nodes.endpoint,
+            "rdzv_configs": {"rank": nodes.rank},
+            "run_id": f"distill-{nodes.endpoint}",
+        }
+    )
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
+        min_nodes=nodes.count,
+        max_nodes=nodes.count,
         nproc_per_node=processes,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=1,
+        **meeting,
     )
     try:
         elastic_launch(config, entrypoint=sys.executable)(*arguments)
     except ChildFailedError as err:
         failed_rank, failure = err.get_first_failure()
         raise DistillError(
-            f"process {failed_rank} of {processes} failed (exit code {failure.exitcode}) and the others were stopped; "
-            "its message is above. Rerun the same command to resume from the last checkpoint"
+            f"process {failed_rank} of {processes * nodes.count} failed (exit code {failure.exitcode}) and the others "
+            "were stopped; its message is above. Rerun the same command to resume from the last checkpoint"
         ) from err

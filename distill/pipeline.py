@@ -185,13 +185,14 @@ def _run_stages(run: Run, stages: Iterable[str], main: bool) -> Run:
     return run
 
 
-def run_pipeline_parallel(config: Config, run_dir: Path, processes: int, arguments: list[str]) -> None:
-    """Run ``python ARGUMENTS`` (a ``distill`` stage command for ``config`` and ``run_dir``) as ``processes``
-    data-parallel ranks, after checking here what would make every rank fail: the preflight checks and batch sizes
-    that do not split evenly. Nothing is written before the ranks start.
-    """
-    distributed.check_batch_sizes(config.batch_sizes(), processes)
+def run_pipeline_parallel(
+    config: Config, run_dir: Path, processes: int, arguments: list[str], nodes: distributed.Nodes = distributed.ONE
+) -> None:
+    """Run ``python ARGUMENTS`` (a ``distill`` stage command) as ``processes`` ranks on this node of ``nodes``, after
+    the checks that would fail every rank (preflight, uneven batches); node 0 claims the run directory for all."""
+    distributed.check_batch_sizes(config.batch_sizes(), processes * nodes.count)
     preflight(config, open_run(config, run_dir).data)
-    with claim(run_dir, for_ranks=True):
-        click.echo(f"starting {processes} data-parallel processes")
-        distributed.launch(arguments, processes)
+    with claim(run_dir, for_ranks=True) if nodes.rank == 0 else contextlib.nullcontext():
+        where = f" on node {nodes.rank} of {nodes.count}" if nodes.count > 1 else ""
+        click.echo(f"starting {processes} data-parallel process(es){where}")
+        distributed.launch(arguments, processes, nodes)

@@ -59,6 +59,15 @@ def test_uneven_global_batch_is_refused_naming_every_offender():
     assert "teacher.training" not in message, "a batch that splits evenly is not named"
 
 
+def test_nodes_without_a_meeting_point_or_with_a_rank_out_of_range_are_refused():
+    distributed.Nodes().check()
+    distributed.Nodes(2, 1, "10.0.0.1:29500").check()
+    with pytest.raises(ConfigError, match="--nnodes 2 needs --rdzv-endpoint HOST:PORT"):
+        distributed.Nodes(2, 0, None).check()
+    with pytest.raises(ConfigError, match="--node-rank 2 is not one of the 2 nodes; use 0 to 1"):
+        distributed.Nodes(2, 2, "10.0.0.1:29500").check()
+
+
 def _collectives(rank: int, store: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -218,3 +227,49 @@ def test_two_process_teacher_seeds_train_every_candidate_on_both_ranks(tmp_path,
         candidate = json.loads((run_dir / "teacher" / "candidates" / f"seed-{seed}" / "eval.json").read_text())
         assert _steps(candidate["history"]) == 4 * 25  # each global batch split over the two ranks
     assert manifest(run_dir)["stages"]["teacher"]["summary"]["chosen_seed"] == teacher["candidates"]["chosen_seed"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_two_nodes_on_one_machine_run_as_one_job_with_one_writer(tmp_path, tiny_encoder_dir, small_task):
+    import os
+    import subprocess
+
+    from tests.conftest import REPO_ROOT
+
+    config = write_config(tmp_path, tiny_encoder_dir, *small_task, epochs=2, batch_size=16)
+    run_dir, alone = tmp_path / "run", tmp_path / "alone"
+    nodes = ["--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    second = subprocess.Popen(
+        [sys.executable, "-m", "distill", "run", str(config), "--run-dir", str(run_dir), *nodes, "--node-rank", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = run_cli("run", config, "--run-dir", run_dir, *nodes, "--node-rank", "0", cwd=tmp_path)
+    out, err = second.communicate(timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, err[-3000:]
+    assert "[teacher]" not in out and first.stdout.count("done: teacher") == 1, "rank 0, on node 0, alone prints"
+    stages = manifest(run_dir)["stages"]
+    assert all(entry["status"] == "complete" for entry in stages.values())
+    assert stages["teacher"]["environment"]["processes"] == 2
+    record = json.loads((run_dir / "students" / "s2" / "distill.json").read_text())
+    assert _steps(record["history"]) == 2 * 25, "each global batch of 16 split over the two nodes"
+    event_files = list((run_dir / "students" / "s2" / "logs" / "tensorboard").glob("events.*"))
+    assert len(event_files) == 1, "one writer"
+
+    result = run_cli("teacher", config, "--run-dir", alone, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("train", config, "--run-dir", alone, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    together = json.loads((run_dir / "students" / "s2" / "eval.json").read_text())["metrics"]["accuracy"]
+    single = json.loads((alone / "students" / "s2" / "eval.json").read_text())["metrics"]["accuracy"]
+    standard_error = (single * (1 - single) / 64) ** 0.5
+    assert abs(together - single) <= max(standard_error, 1 / 64), (together, single)
