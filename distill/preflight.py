@@ -7,37 +7,11 @@ not when its stage starts hours into a run.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 from distill.config import Config
 from distill.data import TaskData
-from distill.errors import ConfigError, TeacherError
-
-
-def teacher_config(config: Config) -> PretrainedConfig | None:
-    """The teacher's ``config.json`` when the teacher is on this machine; None for a hub id (read when loaded).
-
-    Raises:
-        TeacherError: a bundled package that is not installed, a local path that does not exist or holds no
-            readable ``config.json``.
-    """
-    from distill.teacher import resolve_source
-
-    location = resolve_source(config.teacher.source)
-    if not isinstance(location, Path):
-        return None
-    if not (location / "config.json").is_file():
-        raise TeacherError(
-            f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory"
-        )
-    try:
-        return AutoConfig.from_pretrained(location, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise TeacherError(
-            f"could not read the teacher's config.json in {location} ({str(err).splitlines()[0]}); check teacher.source"
-        ) from None
+from distill.errors import ConfigError
 
 
 def sequence_problems(config: Config, teacher: PretrainedConfig) -> list[str]:
@@ -68,9 +42,9 @@ def sequence_problems(config: Config, teacher: PretrainedConfig) -> list[str]:
 def problems(config: Config, data: TaskData) -> list[str]:
     """Every problem found in ``config`` against its loaded ``data`` and the teacher's ``config.json``."""
     from distill.students import RECIPES
-    from distill.teacher import head_problem
+    from distill.teacher import head_problem, local_config
 
-    teacher = teacher_config(config)  # a teacher that cannot be read stops the checks with its own sentence
+    teacher = local_config(config.teacher.source)  # a teacher that cannot be read stops the checks with its sentence
     if teacher is None:
         return []
     found = []

@@ -87,10 +87,37 @@ def _generic_labels(id2label: dict[int, str]) -> bool:
     return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
 
 
+def local_config(source: str) -> PretrainedConfig | None:
+    """The teacher's ``config.json`` when the teacher is on this machine; None for a hub id (read when it is loaded).
+
+    Raises:
+        TeacherError: a bundled package that is not installed, a local path that does not exist or holds no
+            readable ``config.json``.
+    """
+    location = resolve_source(source)
+    if not isinstance(location, Path):
+        return None
+    if not (location / "config.json").is_file():
+        raise TeacherError(
+            f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory"
+        )
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise TeacherError(
+            f"could not read the teacher's config.json in {location} ({str(err).splitlines()[0]}); check teacher.source"
+        ) from None
+
+
+def is_classifier(config: PretrainedConfig) -> bool:
+    """Whether a checkpoint was saved with a sequence-classification head."""
+    return any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or []))
+
+
 def head_problem(config: PretrainedConfig, source: str, data: TaskData) -> str | None:
     """Why a checkpoint that already has a trained classification head cannot serve this task's labels as it is,
     or None (also None for a checkpoint without one: distill gives it a new head)."""
-    if not any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or [])):
+    if not is_classifier(config):
         return None
     if config.num_labels != data.num_labels:
         return (
@@ -116,12 +143,9 @@ def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> Loa
     A checkpoint with a trained head must match the task's labels, unless ``replace_head`` is set.
     """
     location = resolve_source(source)
-    if isinstance(location, Path) and not (location / "config.json").is_file():
-        raise TeacherError(
-            f"teacher directory {location} has no config.json; point teacher.source at a save_pretrained directory"
-        )
+    config = local_config(source)  # None for a hub id
     try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+        config = config or AutoConfig.from_pretrained(location, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise TeacherError(
@@ -241,13 +265,10 @@ def plan(config: Config, data: TaskData) -> str:
     settings = config.teacher
     unit = "pairs" if data.has_pair else "sentences"
     try:
-        location = resolve_source(settings.source)
-        trained = settings.finetune != "always" and any(
-            arch.endswith("ForSequenceClassification")
-            for arch in (AutoConfig.from_pretrained(location).architectures or [])
-        )
-    except (OSError, ValueError, TeacherError):
-        trained = False
+        teacher = local_config(settings.source)
+    except TeacherError:  # the stage itself says what is wrong with it
+        teacher = None
+    trained = settings.finetune != "always" and teacher is not None and is_classifier(teacher)
     if trained:
         return f"evaluating {settings.source} as given on {len(data.validation):,} dev {unit}"
     seeds = config.teacher_seeds()

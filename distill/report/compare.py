@@ -7,10 +7,11 @@ from typing import Any
 
 from distill.errors import StageError
 from distill.files import write_json, write_text
+from distill.gates import deployed_artifact
 from distill.layout import TEACHER, RunLayout
 from distill.records import BenchResults, IntervalRecord, SeedSummaryRecord, Statistics
 from distill.report.markdown import table
-from distill.report.results import as_json, deployed, single_request_p50
+from distill.report.results import as_json, single_request_p50
 from distill.report.statistics import points_text, summary_text
 
 
@@ -40,7 +41,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
             }
         )
         for name, entry in statistics.students.items():
-            artifact = deployed(results, name) if results is not None else None
+            artifact = deployed_artifact(results, name) if results is not None else None
             rows.append(
                 {
                     "run": str(run_dir),

@@ -1,7 +1,7 @@
 """The typed view of a run that every report writer reads: its records, loaded once, through :mod:`distill.layout`.
 
 The records themselves (and "find the p50 row") live in :mod:`distill.records`; this module finds them in a run
-directory, orders the benchmark rows for display and names the deployed artifact.
+directory and orders the benchmark rows for display.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from distill.records import (
 )
 from distill.runtime import MODEL_FILES, PREFERRED_MODEL_FILES
 
-PREFERENCE = list(MODEL_FILES.values())
-"""The precisions of a bundle's ONNX files, fastest first: a student's deployed artifact is the first it has."""
 PRECISION_FILES = {precision: file_name for file_name, precision in MODEL_FILES.items()}
 STAGE1_LOG = Path(STAGE1_DIR) / TRAIN_LOG
 """A two-stage student's stage-1 training log, relative to its directory."""
@@ -37,11 +35,6 @@ STAGE1_TERMS = ("loss", "loss_emb", "loss_hidden", "loss_attention")
 def as_json(record: Record) -> dict[str, Any]:
     """``record`` as the JSON it was built or read with: a field never set stays absent rather than null."""
     return record.model_dump(mode="json", exclude_unset=True)
-
-
-def deployed(results: BenchResults, name: str) -> ArtifactRow | None:
-    """``name``'s deployed artifact: its fastest ONNX file benchmarked, the one ``distill predict`` uses."""
-    return results.deployed(name, PREFERENCE)
 
 
 def single_request_p50(results: BenchResults | None, row: ArtifactRow | None) -> float | None:
