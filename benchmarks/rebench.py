@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distill.config import load_config
 from distill.pipeline import open_run, stage_bench, stage_export, stage_report
+from distill.preflight import resolve_for_run
 
 
 def main() -> None:
@@ -25,7 +26,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, help="also write the sst2_pipeline.py summary to OUT.json / OUT.md")
     args = parser.parse_args()
-    run = open_run(load_config(args.config, args.overrides), args.run_dir)
+    config = load_config(args.config, args.overrides)
+    data = open_run(config, args.run_dir).data
+    run = open_run(resolve_for_run(config, data)[0], args.run_dir, data)  # budgets chosen as `distill run` chooses
     for key in ("export", "bench", "report"):
         run.manifest["stages"].pop(key, None)
     run.save_manifest()

@@ -75,7 +75,7 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
         "versions": results["versions"],
         "teacher": {
             metric: teacher["metrics"][metric],
-            "majority_baseline": teacher["majority_baseline"],
+            "majority_baseline": teacher.get("majority_baseline") or _trivial(teacher.get("baseline") or {}),
             "finetuned_here": teacher["finetuned_here"],
             "train_examples": teacher["train_examples"],
             "dev_examples": teacher["dev_examples"],
@@ -84,6 +84,11 @@ def summarise(run_dir: Path, command: str, wall_seconds: float | None) -> dict:
         "teacher_onnx_max_abs_diff": read_json(run_dir / "onnx" / "teacher" / "fidelity.json")["max_abs_diff"],
         "latency": results["latency"],
     }
+
+
+def _trivial(baseline: dict) -> dict:
+    """A teacher record's trivial baseline (eval.json's ``baseline``) in the older ``majority_baseline`` form."""
+    return {"label": baseline.get("label"), **baseline.get("metrics", {})}
 
 
 def _ms(value: float | None) -> str:

@@ -32,6 +32,7 @@ from distill.data import TaskData, tokenize
 from distill.errors import StudentError
 from distill.evaluate import predict_logits
 from distill.files import atomic_dir, fingerprint, read_json, weights_digest, write_json
+from distill.losses import NO_LABEL
 
 TEXT_COLUMNS = ("text", "text_pair")
 TEACHER_LOGITS_FILE = "teacher_logits.npy"
@@ -189,7 +190,7 @@ def augment_training_set(
         augmented = datasets.load_from_disk(str(target / "rows"))
         logits_file = target / TEACHER_LOGITS_FILE
         return (
-            datasets.concatenate_datasets([data.train, augmented.cast(data.train.features)]),
+            datasets.concatenate_datasets([data.train, _without_labels(augmented.cast(data.train.features))]),
             {**record, "cache": "hit"},
             np.load(logits_file) if logits_file.is_file() else None,
         )
@@ -245,4 +246,16 @@ def augment_training_set(
         if teacher_logits is not None:
             np.save(tmp / TEACHER_LOGITS_FILE, teacher_logits)
         write_json(tmp / "record.json", record)
-    return datasets.concatenate_datasets([data.train, table]), {**record, "cache": "miss"}, teacher_logits
+    return (
+        datasets.concatenate_datasets([data.train, _without_labels(table)]),
+        {**record, "cache": "miss"},
+        teacher_logits,
+    )
+
+
+def _without_labels(copies: datasets.Dataset) -> datasets.Dataset:
+    """The augmented copies with their hard label replaced by :data:`NO_LABEL` (NaN for regression scores): a copy
+    keeps its source's label only in the cache, and learns from the teacher's outputs alone."""
+    regression = copies.features["label"].dtype.startswith("float")
+    empty = [float("nan") if regression else NO_LABEL] * len(copies)
+    return copies.remove_columns("label").add_column("label", empty, feature=copies.features["label"])

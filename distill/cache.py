@@ -8,6 +8,7 @@ data, tokenizer or ``max_length`` changes the key. Intermediate-layer objectives
 TinyBERT's stage 1) need the teacher's hidden states and attention maps, which are too large to store for every
 example (for SST-2 and MiniLM-L6, about 67k x 7 x seq x 384 floats), so they run the teacher online.
 In a data-parallel run the ranks compute the logits in parallel, each a contiguous share of the training set.
+A cache file that does not load (cut short by a full disk, say) is removed and rebuilt, with one line saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,12 +53,34 @@ def teacher_pass(
     return predict_logits(teacher, rows, tokenizer, batch_size, desc="teacher logits (cached once)" if show else None)
 
 
-def cached_logits(path: Path, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """The logits cached at ``path`` (see :func:`cache_file`), or ``compute()``'s, then cached; and whether the cache
-    had them. No collective calls, so one rank can use it while the others wait (augmentation's filter runs on
-    rank 0)."""
-    if path.is_file():
-        return np.load(path), True
+def read_cache(path: Path, rows: int | None = None) -> np.ndarray | None:
+    """The logits cached at ``path``, ``(rows, num_labels)``; or None when there are none, or when the file does not
+    load or holds another shape (it is then removed, with one line saying so, and the caller rebuilds it)."""
+    if not path.is_file():
+        return None
+    try:
+        logits = np.load(path)
+        problem = None
+        if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
+            problem = f"holds a {logits.dtype} array of shape {logits.shape}, not logits"
+        elif rows is not None and len(logits) != rows:
+            problem = f"holds {len(logits)} rows for a training set of {rows}"
+    except (OSError, ValueError, EOFError) as err:
+        problem = f"does not load ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if problem is None:
+        return logits
+    click.echo(f"note: the teacher-logit cache {path} {problem}; it is removed and computed again", err=True)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def cached_logits(path: Path, compute: Callable[[], np.ndarray], rows: int | None = None) -> tuple[np.ndarray, bool]:
+    """The logits cached at ``path`` (see :func:`cache_file`; ``rows`` of them when given), or ``compute()``'s, then
+    cached; and whether the cache had them. No collective calls, so one rank can use it while the others wait
+    (augmentation's filter runs on rank 0)."""
+    logits = read_cache(path, rows)
+    if logits is not None:
+        return logits, True
     logits = compute()
     save_array(path, logits)
     return logits, False
@@ -80,7 +104,8 @@ def with_teacher_logits(
     if known is not None and len(known) != len(train_set):
         raise ValueError(f"known teacher logits have {len(known)} rows for a training set of {len(train_set)}")
     path = cache_file(train_set, teacher_dir, cache_dir)
-    hit = distributed.on_main(path.is_file)  # rank 0's disk decides, for every rank
+    # rank 0's disk decides, for every rank (a cache that does not load is removed there, and rebuilt below)
+    hit = distributed.on_main(lambda: read_cache(path, len(train_set)) is not None)
     if hit:
         logits = np.load(path)
     else:  # every rank holds ``known``; otherwise in a data-parallel run each rank computes a contiguous share

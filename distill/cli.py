@@ -60,15 +60,18 @@ def cli() -> None:
 @CONFIG
 @OVERRIDES
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG, its data and the teacher's config.json, and report every problem at once."""
+    """Check CONFIG, open its data and the teacher's config.json, and report every problem at once (or the data's
+    rows, task kind and labels)."""
     cfg = _load(config, overrides)
     _quiet_libraries()
-    from distill.data import load_task_data
-    from distill.preflight import preflight
+    from distill.preflight import check_all, data_summary, resolve_for_run
 
-    preflight(cfg, load_task_data(cfg.data, cfg.task, cfg.seed))
+    data = check_all(cfg)
     names = [s.name for s in cfg.trained_students()]
     click.echo(f"{config}: valid ({len(names)} student(s) to train: {', '.join(names)})")
+    for line in data_summary(data):
+        click.echo(line)
+    resolve_for_run(cfg, data)  # prints the budgets distill would choose for this data
 
 
 PROCESSES = click.option(
@@ -175,6 +178,35 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     from distill.report.compare import write_comparison
 
     click.echo(write_comparison(list(run_dirs), out), nl=False)
+
+
+@cli.command()
+@click.argument("target", metavar="RUN_DIR|BUNDLE", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config whose data section reads FILE (default: the run's config.yaml; for a lone bundle, columns "
+    "text, text_pair and label).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for evaluation.json and evaluation.md (default: RUN_DIR/evaluations/STEM, or "
+    "evaluations/STEM-BUNDLE beside FILE).",
+)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def evaluate(target: Path, file: Path, config_path: Path | None, out: Path | None, threads: int | None) -> None:
+    """Score every artifact of a finished RUN_DIR (or one BUNDLE) on a new labelled FILE, with bootstrap intervals."""
+    _quiet_libraries()
+    from distill.evaluate_file import evaluate_file
+
+    json_path, markdown_path = evaluate_file(target, file, config_path, out, threads=threads)
+    click.echo(markdown_path.read_text(encoding="utf-8"), nl=False)
+    click.echo(f"wrote {markdown_path} and {json_path}")
 
 
 DISK_ERRORS = {

@@ -42,10 +42,17 @@ class Strict(BaseModel):
 
 
 class TrainingConfig(Strict):
-    """Optimisation budget shared by teacher fine-tuning and student distillation."""
+    """Optimisation budget shared by teacher fine-tuning and student distillation.
 
-    epochs: PositiveFloat = 3.0
-    """Passes over the training set (fractions allowed); `max_steps`, when set, takes precedence."""
+    `epochs`, `learning_rate`, `eval_steps` and `patience` left unset are chosen by distill from the
+    training-set size, the task kind and the model's width (:mod:`distill.budget`, documented in `docs/budget.md`);
+    the chosen values are written to the run's `config.yaml` and stated in the report. Explicit values always win.
+    """
+
+    epochs: PositiveFloat | None = None
+    """Passes over the training set (fractions allowed); `max_steps`, when set, takes precedence. Unset: chosen so
+    that small training sets still get enough optimiser steps (see `docs/budget.md`).
+    """
     max_steps: PositiveInt | None = None
     """Stop after this many optimiser steps instead of after `epochs`; unset: train `epochs`."""
     batch_size: PositiveInt = 32
@@ -54,12 +61,22 @@ class TrainingConfig(Strict):
     """
     eval_batch_size: PositiveInt = 128
     """Batch size of dev-set evaluation and predictions (shared across ranks like `batch_size`)."""
-    learning_rate: PositiveFloat = 5e-5
-    """Peak learning rate, reached after the warm-up and decayed linearly to zero."""
+    learning_rate: PositiveFloat | None = None
+    """Peak learning rate, reached after the warm-up and decayed linearly to zero. Unset: chosen from the model's
+    width (1e-4 up to 512 hidden units, 5e-5 up to 768, 2e-5 above).
+    """
     weight_decay: NonNegativeFloat = 0.01
     """Weight decay of the optimiser."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     """Fraction of the training steps over which the learning rate warms up linearly from zero."""
+    eval_steps: PositiveInt | None = None
+    """Evaluate on dev (and keep the best checkpoint) every this many optimiser steps. Unset: once per epoch, or, when
+    distill chooses `epochs`, about ten times over the run (at least once per epoch).
+    """
+    patience: NonNegativeInt | None = None
+    """Stop early after this many evaluations in a row without a better dev metric (0: never). Unset: 3 when distill
+    chooses `epochs`, else 0.
+    """
     save_steps: PositiveInt = 200
     """Write a checkpoint every this many steps; a training stage killed midway resumes from the last complete
     checkpoint.
@@ -70,6 +87,10 @@ class TrainingConfig(Strict):
     """`fp32`, or `bf16`: autocast on a GPU that supports it or a CPU with AVX512-BF16 or AMX-BF16; elsewhere distill
     trains in fp32 and says why. The precision used is recorded in `distill.json`.
     """
+
+    def resolved(self) -> bool:
+        """Whether every value the budget rule may choose is set (true of every section a stage trains with)."""
+        return None not in (self.epochs, self.learning_rate)
 
 
 class DataConfig(Strict):
@@ -93,16 +114,29 @@ class DataConfig(Strict):
     """The hub dataset's split used as the dev set."""
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = "auto"
     """Format of the local files; `auto` tells it from the suffix (`.tsv`, `.csv`, `.jsonl` or `.json` for JSON lines,
-    `.parquet`). TSV is read with quoting disabled, as GLUE needs; CSV with standard double-quote quoting.
+    `.parquet`). Text files are read as UTF-8, with or without a byte-order mark.
     """
-    text_column: str | None = None
-    """Column holding the text; unset: the task preset's. Required with `task: null`."""
-    text_pair_column: str | None = None
-    """Column holding the second text of a sentence-pair task; unset: the task preset's (none for single-sentence
-    tasks).
+    header: bool = True
+    """Whether the first line of a TSV or CSV file names the columns. With `false` every line is data and columns are
+    given by 0-based position (`text_column: 1`). Left unset while the label column is given by position, a first
+    line whose label cell reads as a label (one of the column's values, or a number in a column of numbers) stops the
+    run as a likely header-less file; write `header: true` to keep that line as the header.
     """
-    label_column: str | None = None
-    """Column holding the label; unset: the task preset's. Required with `task: null`."""
+    quoting: Literal["auto", "none", "csv"] = "auto"
+    """Quotes in TSV and CSV files: `none` reads quote characters as text (GLUE needs it: RTE and STS-B have unbalanced
+    quotes); `csv` reads standard double-quoted fields (separators, newlines and doubled `""` inside); `auto`: `none`
+    for TSV, `csv` for CSV.
+    """
+    text_column: str | Annotated[int, Field(ge=0, strict=True)] | None = None
+    """Column holding the text, by name or by 0-based position (`text_column: 1`; quote a name that is a number:
+    `"1"`); unset: the task preset's. Required with `task: null`.
+    """
+    text_pair_column: str | Annotated[int, Field(ge=0, strict=True)] | None = None
+    """Column holding the second text of a sentence-pair task, by name or 0-based position; unset: the task preset's
+    (none for single-sentence tasks).
+    """
+    label_column: str | Annotated[int, Field(ge=0, strict=True)] | None = None
+    """Column holding the label, by name or 0-based position; unset: the task preset's. Required with `task: null`."""
     label_names: list[str] | None = None
     """Class names in class-id order: string labels are looked up in it, integer labels index into it. Unset: the task
     preset's, else `0`..`K-1` for integer labels or the sorted distinct strings.
@@ -149,9 +183,9 @@ class TeacherConfig(Strict):
     head; `never`: use the checkpoint as it is (it must have a trained head).
     """
     min_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
-    """The teacher must beat the majority-class baseline by this much on the dev set's main metric, or the run stops
-    before the students; the teacher is kept, so a rerun with another margin reuses it (the margin is not part of the
-    teacher stage's fingerprint).
+    """The teacher must beat the trivial baseline (always the majority class; for regression the mean score, whose
+    correlation is 0) by this much on the dev set's main metric, or the run stops before the students; the teacher is
+    kept, so a rerun with another margin reuses it (the margin is not part of the teacher stage's fingerprint).
     """
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     """Restarts: when distill fine-tunes the teacher, fine-tune it once per seed and keep the best on dev; each
@@ -159,8 +193,8 @@ class TeacherConfig(Strict):
     that `seed: K` alone fine-tunes. The choice uses the dev set that also scores the students, so the teacher's dev
     score is slightly optimistic. Unset: one fine-tuning with the job's `seed`.
     """
-    training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
-    """The teacher's fine-tuning budget (used only when distill fine-tunes it)."""
+    training: TrainingConfig = TrainingConfig()
+    """The teacher's fine-tuning budget (used only when distill fine-tunes it); unset values are chosen by distill."""
 
     @field_validator("seeds")
     @classmethod
@@ -193,6 +227,45 @@ weights ``teacher.source`` named before distill fine-tuned them (the classificat
 ``pretrained`` the label-only twin starts from the pretrained model too, so it measures what simply fine-tuning
 that small model on the labels gives, and the student gets the teacher's task knowledge through distillation only.
 """
+
+
+class AugmentationConfig(Strict):
+    """TinyBERT-style word replacement: ``copies`` new versions of every training example.
+
+    Each single-word-piece word is replaced with probability ``probability`` by one of ``candidates``
+    candidates: masked-LM predictions when ``mlm_model`` (a BertForMaskedLM sharing the teacher's vocabulary)
+    is set, else the nearest neighbours in the teacher's word-embedding space.
+    """
+
+    enabled: bool | None = None
+    """Add augmented copies to the training set (TinyBERT: of both stages), labelled by the teacher's logits and used
+    for logit distillation only, never with hard labels (deterministic for a seed; cached in `RUN/cache/`, keyed by the
+    data, the teacher weights and these settings). Unset: on when the training set has fewer than `max_rows` rows
+    and the student is distilled.
+    """
+    max_rows: PositiveInt = 10000
+    """Training sets of at least this many rows are not augmented unless `enabled: true`."""
+    copies: PositiveInt | None = None
+    """New versions drawn for every training example. Unset: enough for about `target_rows` rows in all, at most 20
+    (2,490 rows: 20 copies; 5,749 rows: 8).
+    """
+    target_rows: PositiveInt = 50000
+    """With `copies` unset: the size the augmented training set aims at (the student's training time grows with it).
+    """
+    probability: Annotated[float, Field(gt=0, le=1)] = 0.4
+    """Chance that each single-word-piece word is replaced."""
+    candidates: PositiveInt = 15
+    """Replacements considered per word, one drawn uniformly among them."""
+    mlm_model: str | None = None
+    """A masked LM (BertForMaskedLM with the teacher's vocabulary) whose top predictions are the candidates; unset: the
+    word's nearest neighbours in the teacher's word-embedding space.
+    """
+    filter_disagreeing: bool = True
+    """Drop copies the teacher labels differently from its label of the source (classification); the report says how
+    many copies were kept and dropped.
+    """
+    batch_size: PositiveInt = 64
+    """Batch size of the masked LM's and the teacher's passes over the sentences."""
 
 
 class DistilBertStudentConfig(Strict):
@@ -242,8 +315,16 @@ class DistilBertStudentConfig(Strict):
     """Weight of the cosine term `1 - cos` between student and teacher hidden states, averaged over the embedding
     output and every mapped layer (0: no hidden states needed, so cached teacher logits suffice).
     """
-    training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=1e-4)
-    """The student's training budget (its label-only twin gets the same)."""
+    augmentation: AugmentationConfig = AugmentationConfig()
+    """TinyBERT-style word replacement of the training set, labelled by the teacher for logit distillation only (on by
+    default below `augmentation.max_rows` training rows).
+    """
+    training: TrainingConfig = TrainingConfig()
+    """The student's training budget; unset values are chosen by distill."""
+    twin_training: TrainingConfig | None = None
+    """The label-only twin's budget. Unset: the student's, or, where distill chooses the student's budget, the budget
+    it chooses for the twin's own training set (the original rows, without augmented copies).
+    """
 
     @model_validator(mode="after")
     def _consistent(self) -> DistilBertStudentConfig:
@@ -278,8 +359,8 @@ class IntermediateStageConfig(Strict):
     """
     attention_target: Literal["scores", "probs"] = "scores"
     """Which attention maps are compared: pre-softmax `scores` (as TinyBERT) or softmax `probs`."""
-    training: TrainingConfig = TrainingConfig(epochs=2.0, learning_rate=5e-5)
-    """Stage 1's training budget."""
+    training: TrainingConfig = TrainingConfig()
+    """Stage 1's training budget; unset values are chosen by distill."""
 
     @model_validator(mode="after")
     def _some_term(self) -> IntermediateStageConfig:
@@ -300,44 +381,16 @@ class PredictionStageConfig(Strict):
     """Weight of the logit term: `alpha_kd * KL(teacher_T || student_T) * T^2 + alpha_ce * CE`."""
     alpha_ce: NonNegativeFloat = 0.0
     """Weight of the cross-entropy on hard labels (MSE for regression)."""
-    training: TrainingConfig = TrainingConfig(epochs=3.0, learning_rate=5e-5)
-    """Stage 2's training budget. A label-only twin trains for both stages' epochs at this learning rate."""
+    training: TrainingConfig = TrainingConfig()
+    """Stage 2's training budget; unset values are chosen by distill. A label-only twin trains for both stages' epochs
+    at this learning rate (or `twin_training`).
+    """
 
     @model_validator(mode="after")
     def _some_term(self) -> PredictionStageConfig:
         if self.alpha_kd + self.alpha_ce == 0:
             raise ValueError("at least one of alpha_kd, alpha_ce must be positive")
         return self
-
-
-class AugmentationConfig(Strict):
-    """TinyBERT-style word replacement: ``copies`` new versions of every training example.
-
-    Each single-word-piece word is replaced with probability ``probability`` by one of ``candidates``
-    candidates: masked-LM predictions when ``mlm_model`` (a BertForMaskedLM sharing the teacher's vocabulary)
-    is set, else the nearest neighbours in the teacher's word-embedding space.
-    """
-
-    enabled: bool = False
-    """Add augmented copies to the training set of both stages (deterministic for a seed; cached in `RUN/cache/`, keyed
-    by the data, the teacher weights and these settings).
-    """
-    copies: PositiveInt = 20
-    """New versions drawn for every training example."""
-    probability: Annotated[float, Field(gt=0, le=1)] = 0.4
-    """Chance that each single-word-piece word is replaced."""
-    candidates: PositiveInt = 15
-    """Replacements considered per word, one drawn uniformly among them."""
-    mlm_model: str | None = None
-    """A masked LM (BertForMaskedLM with the teacher's vocabulary) whose top predictions are the candidates; unset: the
-    word's nearest neighbours in the teacher's word-embedding space.
-    """
-    filter_disagreeing: bool = True
-    """Drop copies the teacher labels differently from its label of the source (classification); the report says how
-    many copies were kept and dropped.
-    """
-    batch_size: PositiveInt = 64
-    """Batch size of the masked LM's and the teacher's passes over the sentences."""
 
 
 class TinyBertStudentConfig(Strict):
@@ -392,7 +445,13 @@ class TinyBertStudentConfig(Strict):
     prediction: PredictionStageConfig = PredictionStageConfig()
     """Stage 2: logit distillation, plus optional cross-entropy."""
     augmentation: AugmentationConfig = AugmentationConfig()
-    """TinyBERT-style word replacement of the training set (off by default)."""
+    """TinyBERT-style word replacement of the training set of both stages (on by default below
+    `augmentation.max_rows` training rows).
+    """
+    twin_training: TrainingConfig | None = None
+    """The label-only twin's budget. Unset: stage 2's settings for both stages' epochs, or, where distill chooses the
+    student's budget, the budget it chooses for the twin's own training set (the original rows).
+    """
 
     @model_validator(mode="after")
     def _consistent(self) -> TinyBertStudentConfig:
@@ -429,37 +488,69 @@ StudentConfig = Annotated[
 def label_only_twin(student: DistilBertStudentConfig | TinyBertStudentConfig):
     """The label-only twin of ``student``: same architecture, initialisation and budget, hard labels only.
 
-    A TinyBERT twin gets both stages' epochs at the prediction stage's learning rate, on the original data.
+    A TinyBERT twin gets both stages' epochs at the prediction stage's learning rate, on the original data; either
+    twin trains with ``twin_training`` instead when it is set.
     """
-    return student.model_copy(update={"name": f"{student.name}-twin", "objective": "labels", "baseline": False})
+    update: dict[str, Any] = {"name": f"{student.name}-twin", "objective": "labels", "baseline": False}
+    if student.twin_training is not None and isinstance(student, DistilBertStudentConfig):
+        update.update(training=student.twin_training, twin_training=None)
+    return student.model_copy(update=update)
 
 
 class Int8Config(Strict):
     """INT8 quantisation of the ONNX graph and its fidelity budget against the fp32 graph.
 
-    When the budget is broken, the fallbacks in ``distill.optimize.INT8_FALLBACKS`` are tried in order.
+    Every candidate (``distill.int8.candidate_specs``) is built, measured and timed; the fastest within the budget is
+    shipped as `model.int8.onnx`.
     """
 
     enabled: bool = True
-    """Write `model.int8.onnx` if an INT8 setting stays within the budget. Tried in order: the configured settings,
-    per-channel weights, the fused attention kept in fp32, the first and last encoder layers kept in fp32, the
-    unoptimised graph as source; if none passes, no INT8 file is shipped and the report says what was tried.
+    """Build the INT8 candidates (dynamic per-tensor and per-channel weights, static QDQ calibrated on training rows,
+    embeddings quantised, and nodes kept in fp32 by a sensitivity search), measure each against the fp32 graph, time
+    each at batch 1, and ship the fastest within the budget as `model.int8.onnx`; if none passes, no INT8 file is
+    shipped and the report says what was tried.
     """
-    mode: Literal["dynamic", "static"] = "dynamic"
-    """`dynamic` (activations quantised at run time) or `static` (calibrated on `calibration_examples` training rows).
+    mode: Literal["all", "dynamic", "static"] = "all"
+    """Which candidates to build: `dynamic` (activations quantised at run time), `static` (QDQ, activation scales
+    calibrated on `calibration_examples` training rows) or `all`.
     """
-    per_channel: bool = False
-    """Quantise weights per output channel instead of per tensor."""
+    per_channel: bool | None = None
+    """Weights of the dynamic candidates: per output channel (`true`), per tensor (`false`) or both (unset). Static
+    candidates quantise weights per channel unless this is `false`.
+    """
     reduce_range: bool = False
     """Quantise weights to 7 bits (for CPUs without VNNI)."""
+    quantize_embeddings: bool = True
+    """Also build a candidate whose embedding tables (`Gather`) are INT8: a much smaller file."""
     exclude_op_types: list[str] = []
-    """ONNX op types to keep in fp32 (for example `Attention`)."""
+    """ONNX op types to keep in fp32 in every candidate (for example `Attention`)."""
     calibration_examples: PositiveInt = 256
-    """Training rows that calibrate `mode: static`."""
+    """Training rows that calibrate the static candidates."""
+    fidelity_examples: NonNegativeInt = 2000
+    """Training rows (not the calibration rows) added to the dev split to measure flips and score changes against the
+    fp32 graph, at batch 1; no labels are needed. More rows narrow the flip rate's interval, at the cost of time.
+    """
     max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    """Largest allowed share of dev predictions that differ from the fp32 graph's."""
+    """Largest allowed share of predictions (dev plus `fidelity_examples` training rows, pooled) that differ from the
+    fp32 graph's. The decision is on the pooled rate; its 95% binomial interval is reported beside it.
+    """
     max_metric_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
-    """Largest allowed drop of the dev main metric against the fp32 graph (0.01: one point)."""
+    """Largest allowed drop of the dev main metric against the fp32 graph (0.01: one point; Pearson for regression)."""
+    max_score_change: NonNegativeFloat = 0.5
+    """Regression only: largest allowed |score change| against the fp32 graph on any row, in the label's units (0.5
+    on STS-B's 0-5 scale). Also bounds the padding check's score change.
+    """
+    max_score_change_p99: NonNegativeFloat = 0.1
+    """Regression only: largest allowed 99th percentile of |score change| against the fp32 graph, in label units."""
+    sensitivity: bool = True
+    """When the fastest candidate breaks the budget, search for the few quantised nodes that cause it (each kept in
+    fp32 in turn, greedily by largest reduction of flips) and build a candidate with only those kept in fp32.
+    """
+    sensitivity_examples: PositiveInt = 400
+    """Rows the sensitivity search measures on: the rows that flipped, then those the fp32 graph decides by the
+    smallest margin."""
+    sensitivity_max_trials: PositiveInt = 40
+    """Most quantised graphs the sensitivity search builds and measures (its cost cap)."""
 
 
 class ExportConfig(Strict):
@@ -476,11 +567,18 @@ class ExportConfig(Strict):
     the dynamic axes.
     """
     optimize: bool = True
-    """Also write `model.opt.onnx`, fused by ONNX Runtime's BERT optimiser."""
+    """Also write `model.opt.onnx`, fused by ONNX Runtime's BERT optimiser; it is shipped only when it is faster than
+    the plain graph at batch 1 (timed like the INT8 candidates)."""
     optimize_max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.002
     """An optimised graph that flips more than this share of the fp32 graph's dev predictions is dropped."""
     int8: Int8Config = Int8Config()
     """INT8 quantisation and its fidelity budget."""
+    selection_warmup: NonNegativeInt = 3
+    """Untimed runs of each graph before the export stage times the fp32 and INT8 candidates against each other."""
+    selection_iterations: PositiveInt = 20
+    """Timed runs of each graph (interleaved, batch 1) that decide which fp32 graph and which INT8 candidate ship."""
+    selection_seq_length: PositiveInt | None = None
+    """Sequence length of those timings; unset: the longest of `bench.seq_lengths` (capped at the model's limit)."""
 
 
 class GateConfig(Strict):

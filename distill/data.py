@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -13,9 +10,10 @@ import pandas as pd
 
 from distill.config import DataConfig
 from distill.errors import DataError
+from distill.tables import SUFFIX_FORMATS, Columns, file_format, locate_columns, read_table, resolve_columns
 from distill.tasks import GLUE_TASKS
 
-SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+__all__ = ["SUFFIX_FORMATS", "TaskData", "load_task_data", "read_table", "tokenize"]
 
 
 @dataclass
@@ -45,75 +43,6 @@ class TaskData:
     @property
     def main_metric(self) -> str:
         return self.metrics[0]
-
-
-@dataclass(frozen=True)
-class Columns:
-    text: str
-    text_pair: str | None
-    label: str
-
-
-def _file_format(path: Path, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"cannot tell the format of {path} from its suffix; set data.format to one of tsv, csv, jsonl, parquet"
-        )
-    return fmt
-
-
-def read_table(path: Path, declared_format: str = "auto") -> pd.DataFrame:
-    """Read one local data file into a DataFrame of strings (TSV/CSV with quoting disabled, as GLUE needs)."""
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; fix the path in the config or pass --set data.train=PATH")
-    fmt = _file_format(path, declared_format)
-    try:
-        if fmt in ("tsv", "csv"):
-            frame = pd.read_csv(
-                path,
-                sep="\t" if fmt == "tsv" else ",",
-                quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding="utf-8",
-            )
-        elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
-        else:
-            frame = pd.read_parquet(path)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"could not read {path} as {fmt} ({first_line}); check the file or set data.format") from err
-    if frame.empty:
-        raise DataError(f"data file {path} has no rows; point the config at a file with data")
-    return frame
-
-
-def _resolve_columns(cfg: DataConfig, task: str | None) -> Columns:
-    preset = GLUE_TASKS.get(task) if task else None
-    text = cfg.text_column or (preset.text_column if preset else None)
-    label = cfg.label_column or (preset.label_column if preset else None)
-    if text is None or label is None:
-        raise DataError("set data.text_column and data.label_column for a task without a preset")
-    pair = cfg.text_pair_column if cfg.text_pair_column is not None else (preset.text_pair_column if preset else None)
-    return Columns(text, pair, label)
-
-
-def _check_columns(frame: pd.DataFrame, columns: Columns, where: str) -> None:
-    wanted = {"data.text_column": columns.text, "data.label_column": columns.label}
-    if columns.text_pair:
-        wanted["data.text_pair_column"] = columns.text_pair
-    missing = {key: name for key, name in wanted.items() if name not in frame.columns}
-    if missing:
-        found = ", ".join(map(str, frame.columns))
-        problems = "; ".join(f"{key} {name!r}" for key, name in missing.items())
-        raise DataError(
-            f"{where} has no column for {problems} (its columns are: {found}); set the right column name in the config"
-        )
 
 
 def _label_names(cfg: DataConfig, task: str | None, train_labels: pd.Series) -> list[str] | None:
@@ -186,14 +115,15 @@ def _texts(series: pd.Series, key: str, where: str) -> list[str]:
 
 def _canonical(frame: pd.DataFrame, columns: Columns, label_names: list[str] | None, where: str) -> datasets.Dataset:
     out = {"text": _texts(frame[columns.text], "data.text_column", where)}
-    if columns.text_pair:
+    if columns.text_pair is not None:
         out["text_pair"] = _texts(frame[columns.text_pair], "data.text_pair_column", where)
     out["label"] = _encode_labels(frame[columns.label], label_names, where)
     return datasets.Dataset.from_dict(out)
 
 
-def _hub_frames(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str] | None]:
-    """Load both splits of a hub dataset (needs network access at run time)."""
+def _hub_frames(cfg: DataConfig, label: str | int) -> tuple[pd.DataFrame, pd.DataFrame, list[str] | None]:
+    """Load both splits of a hub dataset (needs network access at run time); ``label`` is the label column's name or
+    position, whose class names the dataset may carry."""
     try:
         dataset = datasets.load_dataset(cfg.hub_dataset, cfg.hub_subset)
     except Exception as err:  # the hub raises many unrelated types; all mean "cannot get it"
@@ -209,7 +139,10 @@ def _hub_frames(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str] 
             )
     names = None
     features = dataset[cfg.train_split].features
-    label_feature = features.get(cfg.label_column or "label")
+    names_in_order = list(features)
+    if isinstance(label, int):
+        label = names_in_order[label] if label < len(names_in_order) else ""
+    label_feature = features.get(label)
     if isinstance(label_feature, datasets.ClassLabel):
         names = list(label_feature.names)
     return dataset[cfg.train_split].to_pandas(), dataset[cfg.validation_split].to_pandas(), names
@@ -223,30 +156,37 @@ def load_task_data(cfg: DataConfig, task: str | None, seed: int = 0) -> TaskData
         task: a GLUE preset name, or ``None`` for a custom dataset described entirely by ``cfg``.
         seed: seeds the ``train_limit`` / ``validation_limit`` subsampling.
     """
-    columns = _resolve_columns(cfg, task)
+    columns = resolve_columns(cfg, task)
+    preset = GLUE_TASKS.get(task) if task else None
+    known_labels = {*(preset.label_names or () if preset else ()), *(cfg.label_names or ())}
     if cfg.hub_dataset is not None:
-        train_frame, validation_frame, hub_names = _hub_frames(cfg)
+        train_frame, validation_frame, hub_names = _hub_frames(cfg, columns.label)
         train_where, validation_where = (
             f"{cfg.hub_dataset}:{cfg.train_split}",
             f"{cfg.hub_dataset}:{cfg.validation_split}",
         )
         if hub_names and cfg.label_names is None:
             cfg = cfg.model_copy(update={"label_names": hub_names})
+        train_header = validation_header = False
     else:
         assert cfg.train is not None and cfg.validation is not None, "DataConfig validator guarantees both paths"
-        train_frame = read_table(cfg.train, cfg.format)
-        validation_frame = read_table(cfg.validation, cfg.format)
+        train_frame = read_table(cfg.train, cfg.format, cfg.header, cfg.quoting)
+        validation_frame = read_table(cfg.validation, cfg.format, cfg.header, cfg.quoting)
         train_where, validation_where = str(cfg.train), str(cfg.validation)
-    _check_columns(train_frame, columns, train_where)
-    _check_columns(validation_frame, columns, validation_where)
-    label_names = _label_names(cfg, task, train_frame[columns.label])
-    train = _canonical(train_frame, columns, label_names, train_where)
-    validation = _canonical(validation_frame, columns, label_names, validation_where)
+        train_header, validation_header = (
+            cfg.header and file_format(path, cfg.format) in ("tsv", "csv") for path in (cfg.train, cfg.validation)
+        )
+    train_columns = locate_columns(train_frame, cfg, columns, train_header, known_labels, train_where)
+    validation_columns = locate_columns(
+        validation_frame, cfg, columns, validation_header, known_labels, validation_where
+    )
+    label_names = _label_names(cfg, task, train_frame[train_columns.label])
+    train = _canonical(train_frame, train_columns, label_names, train_where)
+    validation = _canonical(validation_frame, validation_columns, label_names, validation_where)
     if cfg.train_limit is not None and cfg.train_limit < len(train):
         train = train.shuffle(seed=seed).select(range(cfg.train_limit))
     if cfg.validation_limit is not None and cfg.validation_limit < len(validation):
         validation = validation.shuffle(seed=seed).select(range(cfg.validation_limit))
-    preset = GLUE_TASKS.get(task) if task else None
     if cfg.metrics:
         metrics = list(cfg.metrics)
     elif preset is not None and (preset.label_names is None) == (label_names is None):
@@ -254,17 +194,6 @@ def load_task_data(cfg: DataConfig, task: str | None, seed: int = 0) -> TaskData
     else:
         metrics = ["pearson", "spearman"] if label_names is None else ["accuracy"]
     return TaskData(train=train, validation=validation, label_names=label_names, metrics=metrics)
-
-
-def majority_baseline(data: TaskData) -> dict[str, float | str]:
-    """The dev accuracy of always predicting the train split's most frequent class."""
-    if data.is_regression:
-        return {}
-    counts = Counter(data.train["label"])
-    majority = counts.most_common(1)[0][0]
-    dev = data.validation["label"]
-    assert data.label_names is not None, "classification has label names"
-    return {"label": data.label_names[majority], "accuracy": sum(1 for y in dev if y == majority) / len(dev)}
 
 
 def tokenize(dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:

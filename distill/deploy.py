@@ -11,10 +11,11 @@ from transformers import AutoTokenizer
 
 from distill.config import Config
 from distill.data import TaskData, tokenize
+from distill.env import available_cores
 from distill.evaluate import MODEL_INPUTS
 from distill.export import export_onnx
 from distill.files import read_json, write_json
-from distill.layout import RunLayout
+from distill.layout import TEACHER, RunLayout
 from distill.optimize import optimize_bundle
 from distill.runtime import TEXT_PAIR_KEY
 
@@ -23,9 +24,21 @@ def _kept(variant: dict[str, Any]) -> str:
     if not variant.get("enabled"):
         return "off"
     if not variant.get("kept"):
-        return "not kept"
-    chosen = next((attempt for attempt in variant.get("attempts", []) if attempt.get("passed")), None)
-    return f"kept ({chosen['setting']})" if chosen else "kept"
+        over = variant.get("over_budget")
+        return f"not kept (kept for the report only, {over['note']})" if over else "not kept"
+    chosen = variant.get("chosen_setting")
+    return f"kept ({chosen})" if chosen else "kept"
+
+
+def _training_rows(config: Config, data: TaskData, tokenizer: Any, columns: list[str]) -> tuple[list, list]:
+    """Tokenised training rows: ``(calibration rows for static INT8, distinct rows pooled with dev to count flips)``."""
+    int8 = config.export.int8
+    if not int8.enabled:
+        return [], []
+    wanted = min(int8.calibration_examples + int8.fidelity_examples, len(data.train))
+    sample = data.train.shuffle(seed=config.seed).select(range(wanted))
+    rows = tokenize(sample, tokenizer, config.data.max_length).select_columns(columns).to_list()
+    return rows[: int8.calibration_examples], rows[int8.calibration_examples :]
 
 
 def export_models(config: Config, data: TaskData, layout: RunLayout, names: list[str]) -> dict[str, Any]:
@@ -41,12 +54,9 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     columns = [name for name in MODEL_INPUTS if name in validation.column_names]
     dev_rows = validation.select_columns(columns).to_list()
-    calibration_rows: list[dict[str, list[int]]] = []
-    if export.int8.enabled and export.int8.mode == "static":
-        sample = data.train.shuffle(seed=config.seed).select(
-            range(min(export.int8.calibration_examples, len(data.train)))
-        )
-        calibration_rows = tokenize(sample, tokenizer, config.data.max_length).select_columns(columns).to_list()
+    calibration_rows, unlabelled_rows = _training_rows(config, data, tokenizer, columns)
+    seq_length = export.selection_seq_length or max(config.bench.seq_lengths)
+    threads = config.bench.threads or available_cores()
     labels = np.asarray(data.validation["label"])
     teacher_logits = np.load(layout.teacher_logits)
     summary = {}
@@ -55,7 +65,18 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
         fidelity = export_onnx(layout.model(name), bundle, export, validation, teacher_logits)
         bundle_config = read_json(bundle / "config.json")
         write_json(bundle / "config.json", {**bundle_config, TEXT_PAIR_KEY: data.has_pair})  # read by predict
-        variants = optimize_bundle(bundle, export, dev_rows, labels, data.metrics, calibration_rows)
+        variants = optimize_bundle(
+            bundle,
+            export,
+            dev_rows,
+            labels,
+            data.metrics,
+            calibration_rows,
+            unlabelled_rows,
+            seq_length=seq_length,
+            threads=threads,
+            keep_over_budget=name == TEACHER,  # the no-distillation baseline is always benchmarked
+        )
         summary[name] = {
             "max_abs_diff": fidelity["max_abs_diff"],
             "agreement_with_pytorch": fidelity["agreement_with_pytorch"],

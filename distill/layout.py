@@ -10,6 +10,7 @@ RUN/
   onnx/NAME/               model.onnx, model.opt.onnx, model.int8.onnx, fidelity.json, README.md, tokenizer
   bench/                   results.json and the plots
   previous/                outputs moved aside when a stage's inputs changed
+  evaluations/STEM/        `distill evaluate` on a new file: evaluation.json, evaluation.md
 ```
 """
 
@@ -73,6 +74,7 @@ class RunLayout:
     onnx = _at("onnx")
     bench = _at("bench")
     results = _at("bench", RESULTS_FILE)
+    evaluations = _at("evaluations")
 
     def teacher_candidate(self, seed: int) -> Path:
         return candidate_dir(self.teacher, seed)

@@ -45,16 +45,29 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return F.mse_loss(student_logits, teacher_logits.detach())
 
 
+NO_LABEL = -100
+"""The label of a row that has no hard label (an augmented copy): class id ``-100``, or NaN for a regression score.
+The hard-label term skips such rows; only the teacher's outputs teach the student on them."""
+
+
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on class ids for ``(batch, num_labels > 1)`` logits; MSE on scores for ``(batch, 1)`` logits.
+    """Cross-entropy on class ids for ``(batch, num_labels > 1)`` logits; MSE on scores for ``(batch, 1)`` logits;
+    averaged over the rows that have a label (zero, with a gradient, when none has).
 
     Args:
         logits: ``(batch, num_labels)``.
-        labels: ``(batch,)`` class ids (long) or regression targets (float).
+        labels: ``(batch,)`` class ids (long) or regression targets (float); :data:`NO_LABEL` or NaN: no label.
     """
     if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels.long())
+        scores = labels.float()
+        keep = ~torch.isnan(scores)
+        if not keep.any():
+            return logits.sum() * 0.0
+        return F.mse_loss(logits.squeeze(-1)[keep], scores[keep])
+    labels = labels.long()
+    if not (labels != NO_LABEL).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=NO_LABEL)
 
 
 def _masked_token_mean(per_token: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

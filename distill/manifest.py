@@ -5,10 +5,16 @@ exist. The fingerprint rule (:data:`RULE`) hashes only the config values that di
 plus the rule's version, so a release that adds a config field with a default changes no fingerprint and recomputes
 nothing. A manifest written under an earlier rule is migrated when it is opened (:func:`migrate`), never recomputed.
 When a stage's inputs really changed, its previous outputs are moved to ``RUN/previous/``, not deleted.
+
+A completed entry also records the size and a digest of every file of the stage's outputs (:func:`output_files`),
+so that a file cut short or changed after the stage finished (a truncated ``model.onnx``) is noticed by content on
+the next run: that stage is recomputed, saying which file changed. Entries written before digests were recorded
+are trusted as before, so an upgrade recomputes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +26,6 @@ from typing import Any
 
 import click
 import yaml
-from pydantic import BaseModel
 
 from distill import distributed, previous
 from distill.config import Config, config_from_dict, dump_config
@@ -28,21 +33,73 @@ from distill.data import TaskData, load_task_data
 from distill.env import environment
 from distill.errors import ConfigError, DistillError, StageError
 from distill.files import file_digest, fingerprint, read_json, write_json, write_text
-from distill.layout import TWIN_SUFFIX, RunLayout
+from distill.layout import CHECKPOINTS_DIR, TRAIN_LOG, TWIN_SUFFIX, RunLayout
+from distill.settings import settings
 
 RULE = 2
 """The fingerprint rule's version. Rule 1 (distill up to c139548) hashed whole config sections, defaults included;
 rule 2 hashes the values that differ from the defaults, with this version."""
 
 
+FULL_DIGEST_BYTES = 64 << 20
+"""Files up to this size are hashed whole; larger ones (a teacher's weights) by their size and
+:data:`SAMPLED_BLOCKS` blocks spread over them, first and last included, so that checking a finished run reads
+little more than its small files: truncation always changes the size, and a file rewritten changes its samples."""
+SAMPLED_BLOCKS, SAMPLED_BLOCK_BYTES = 16, 1 << 16
+UNRECORDED = {TRAIN_LOG.parts[0], CHECKPOINTS_DIR}
+"""Folders whose files :func:`output_files` leaves out."""
+
+
+def content_digest(path: Path, size: int | None = None) -> str:
+    """SHA-256 (16 hex digits) of ``path``'s bytes, or, above :data:`FULL_DIGEST_BYTES`, of sampled blocks."""
+    size = path.stat().st_size if size is None else size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= FULL_DIGEST_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            step = (size - SAMPLED_BLOCK_BYTES) / (SAMPLED_BLOCKS - 1)
+            for index in range(SAMPLED_BLOCKS):
+                handle.seek(int(index * step))
+                digest.update(handle.read(SAMPLED_BLOCK_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def output_files(root: Path, paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """``{path relative to root: {"bytes", "digest"}}`` for every file in ``paths`` (files, or folders walked
+    whole), leaving out hidden names (staging files, the lock) and training logs and checkpoints: records of how a
+    model was trained, which no later stage reads."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        for file in found:
+            try:
+                relative = file.relative_to(root)
+            except ValueError:
+                continue  # (outside the run directory: not the run's to vouch for)
+            if any(part.startswith(".") for part in relative.parts) or UNRECORDED & set(relative.parts[:-1]):
+                continue
+            size = file.stat().st_size
+            files[relative.as_posix()] = {"bytes": size, "digest": content_digest(file, size)}
+    return files
+
+
+def changed_output(root: Path, entry: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The first file recorded in ``entry`` (:func:`output_files`) that is no longer as the stage left it, and how
+    ("is missing" or "changed"); None when every one is intact or nothing was recorded (an older manifest)."""
+    for relative, recorded in ((entry or {}).get("output_files") or {}).items():
+        path = root / relative
+        if not path.is_file():
+            return relative, "is missing"
+        size = path.stat().st_size
+        if size != recorded.get("bytes") or content_digest(path, size) != recorded.get("digest"):
+            return relative, "changed"
+    return None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def settings(section: BaseModel, exclude: set[str] | None = None) -> Any:
-    """The values of a config section that differ from the schema's defaults: what a fingerprint hashes. Values
-    that judge a stage's result rather than shape it (``teacher.min_margin``, ``bench.gates``) are excluded."""
-    return section.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
 
 
 def _stage_fingerprints(
@@ -90,7 +147,7 @@ def stage_fingerprints(config: Config) -> dict[str, str]:
         (config.task, config.seed, settings(config.data), settings(config.teacher, exclude={"min_margin"})),
         config.seeds,
         config.seed,
-        [(student.name, settings(student)) for student in config.trained_students()],
+        [(student.name, settings(student, exclude={"twin_training"})) for student in config.trained_students()],
         settings(config.export),
         settings(config.bench, exclude={"gates"}),
     )
@@ -158,6 +215,8 @@ class Run:
     config: Config
     run_dir: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    checked: dict[str, tuple[str, str] | None] = field(default_factory=dict, repr=False)
+    """Rank 0's :func:`changed_output` verdict per stage, once per command (several stages read one upstream)."""
 
     @cached_property
     def data(self) -> TaskData:
@@ -180,6 +239,12 @@ class Run:
 
     def save_manifest(self) -> None:
         write_json(self.layout.manifest, self.manifest)
+
+    def changed_output(self, key: str) -> tuple[str, str] | None:
+        """:func:`changed_output` for stage ``key``'s entry, checked once per command (call it on rank 0)."""
+        if key not in self.checked:
+            self.checked[key] = changed_output(self.layout.root, self.manifest["stages"].get(key))
+        return self.checked[key]
 
     def teacher_fingerprint(self) -> str:
         return self.fingerprints["teacher"]
@@ -223,19 +288,24 @@ def run_stage(
     aside: Sequence[Path] = (),
     collective: bool = True,
 ) -> bool:
-    """Run ``work`` unless stage ``key`` is complete with the same fingerprint and its outputs exist.
+    """Run ``work`` unless stage ``key`` is complete with the same fingerprint and its outputs exist as it left them.
 
     ``start`` is printed when the stage starts. ``aside`` are the stage's previous outputs: moved to
     ``RUN/previous/`` when the inputs changed, kept (for resumption) when an interrupted stage is rerun with the
-    same inputs. In a data-parallel run, every rank runs ``work`` when ``collective`` (training), otherwise rank 0
-    alone; rank 0 alone writes the manifest. Returns whether the stage ran.
+    same inputs. The files of ``outputs`` and ``aside`` (folders walked whole) are recorded with their sizes and
+    digests when the stage completes; when one of them is later missing or changed (cut short by a full disk, say),
+    the stage is recomputed, saying which file, and what it left is moved aside (never brought back as finished).
+    In a data-parallel run, every rank runs ``work`` when ``collective`` (training), otherwise rank 0 alone; rank 0
+    alone writes the manifest and checks the files. Returns whether the stage ran.
     """
     digest, data = run.fingerprints[key], run.data_digest
     entry = run.manifest["stages"].get(key)
     data_changed = bool(entry and data and entry.get("data") not in (None, data))  # None: recorded before it was
     changed = bool(entry and (entry.get("fingerprint") != digest or data_changed))
     complete = not changed and entry and entry.get("status") == "complete" and all(path.exists() for path in outputs)
-    if distributed.broadcast(bool(complete)):  # every rank takes rank 0's decision
+    # every rank takes rank 0's decision, which reads the recorded outputs' contents
+    complete, damage = distributed.on_main(lambda: (bool(complete), run.changed_output(key) if complete else None))
+    if complete and damage is None:
         click.echo(f"[{key}] complete, inputs unchanged: skipped")
         return False
     main, moved = distributed.is_main(), None
@@ -244,10 +314,13 @@ def run_stage(
         if restored is not None:
             folder, entry = restored
             run.manifest["stages"][key] = entry
+            run.checked.pop(key, None)
             if main:
                 run.save_manifest()
             click.echo(f"[{key}] inputs as in an earlier run: its outputs are back in place (from {folder})")
-            if distributed.broadcast(all(path.exists() for path in outputs)):
+            exist = all(path.exists() for path in outputs)
+            exist, damage = distributed.on_main(lambda: (exist, run.changed_output(key) if exist else None))
+            if exist and damage is None:
                 return False
             changed = False
     if changed:
@@ -257,6 +330,13 @@ def run_stage(
         where = f"; the previous outputs are kept in {moved}" if moved else ""
         what = "the data files changed" if data_changed else "inputs changed"
         click.echo(f"[{key}] {what} since the last run: recomputing{where}")
+    elif damage is not None:  # what is left is no finished output: kept, under an entry that is never brought back
+        path, how = damage
+        left = distributed.on_main(
+            lambda: previous.move_aside(run.layout, key, aside, {**entry, "status": "damaged", "damaged": path})
+        )
+        where = f"; what it left is kept in {left}" if left else ""
+        click.echo(f"[{key}] {path} {how} since {key} finished: recomputing {key}{where}")
     elif entry and entry.get("status") != "complete":
         click.echo(f"[{key}] resuming an interrupted run")
     elif entry:
@@ -299,7 +379,9 @@ def run_stage(
         "seconds": seconds,
         "environment": environment(distributed.world_size()),
         "summary": result.summary,
+        "output_files": output_files(run.layout.root, [*outputs, *aside]),
     }
+    run.checked[key] = None
     run.save_manifest()
     write_text(run.layout.config, dump_config(run.config))  # the config the finished stages ran with
     click.echo(f"[{key}] {result.line} ({_duration(seconds)})")
@@ -327,6 +409,13 @@ def require(run: Run, key: str, command: str) -> None:
         raise StageError(
             f"stage {key} in {run.run_dir} was completed with a different config; rerun `distill {command}` "
             "(or `distill run`) with this config first"
+        )
+    damage = distributed.on_main(lambda: run.changed_output(key))
+    if damage is not None:
+        path, how = damage
+        raise StageError(
+            f"{run.run_dir / path} {how} since stage {key} finished; rerun `distill {command}` (or `distill run`) "
+            "to compute it again"
         )
 
 

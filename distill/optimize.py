@@ -1,34 +1,37 @@
-"""ONNX Runtime graph optimisation and INT8 quantisation of an exported bundle, each held to a fidelity budget.
+"""ONNX Runtime graph optimisation and INT8 quantisation of an exported bundle, each held to a fidelity budget, and
+the fastest graph within budget shipped.
 
-Optimisation fuses attention, LayerNorm and GELU subgraphs (ORT's BERT optimiser); it is kept only when it flips
-at most ``export.optimize_max_flip_rate`` of the dev predictions of the fp32 graph. INT8 is tried with the
-configured settings first, then with the fallbacks of :data:`INT8_FALLBACKS` in order, until one keeps the flip
-rate against the fp32 graph and the dev-metric drop within budget; if none does, no INT8 model is written and
-the record says what was tried.
+Optimisation fuses attention, LayerNorm and GELU subgraphs (ORT's BERT optimiser); the fused graph is kept when it
+flips at most ``export.optimize_max_flip_rate`` of the dev predictions of the plain graph and is faster than it at
+batch 1. Every INT8 candidate of :func:`distill.int8.candidate_specs` is built, measured against the fp32 graph at
+batch 1 on the dev split plus unlabelled training rows (:mod:`distill.fidelity`), padding-checked and timed beside
+the others; when the fastest breaks the budget, a per-node sensitivity search (:mod:`distill.sensitivity`) builds
+one more candidate with only the offending nodes in fp32. The fastest candidate within budget whose padding check
+passes is shipped as ``model.int8.onnx``; every candidate is recorded in ``fidelity.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
+import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from distill.config import ExportConfig, Int8Config
+from distill.config import ExportConfig
 from distill.errors import ExportError
 from distill.export import op_counts
+from distill.fidelity import budget_failures, compare_outputs, padding_check, select_fastest
 from distill.files import read_json, write_json
+from distill.int8 import Int8Spec, PreparedGraph, candidate_specs
 from distill.layout import DEV_LOGITS_FILE, FIDELITY_FILE
-from distill.metrics import compute_metrics, predictions_from_logits
-from distill.runtime import INT8_FILE, OPTIMIZED_FILE, create_session, onnx_logits
+from distill.runtime import INT8_FILE, OPTIMIZED_FILE, OVER_BUDGET_INT8_FILE, create_session, onnx_logits
+from distill.sensitivity import excluded_label, sensitive_nodes
+from distill.timing import interleaved_p50, latency_inputs
 
 FUSED_OPS = (
     "Attention",
@@ -41,48 +44,6 @@ FUSED_OPS = (
     "Gelu",
     "SkipSimplifiedLayerNormalization",
 )
-QUANTIZABLE_OPS = ("MatMul", "Attention", "Gemm")
-INT8_FALLBACKS = (
-    "as configured",
-    "per-channel weights",
-    "fused attention kept in fp32",
-    "first and last layers kept in fp32",
-    "unoptimised fp32 graph as source",
-)
-"""The order in which INT8 settings are tried when the fidelity budget is broken."""
-
-
-@dataclass(frozen=True)
-class Int8Attempt:
-    """One INT8 setting: where it starts from and what it quantises."""
-
-    label: str
-    source: Path
-    per_channel: bool
-    reduce_range: bool
-    exclude_first_last: bool
-    exclude_op_types: tuple[str, ...] = ()
-
-
-def fidelity_against(
-    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric_names: Sequence[str]
-) -> dict[str, Any]:
-    """How far ``candidate`` logits ``(n, num_labels)`` are from ``reference``: max |diff|, flips, metric change."""
-    reference_predictions = predictions_from_logits(reference)
-    candidate_predictions = predictions_from_logits(candidate)
-    regression = reference.shape[-1] == 1
-    main = metric_names[0]
-    reference_metric = compute_metrics([main], reference_predictions, labels)[main]
-    candidate_metric = compute_metrics([main], candidate_predictions, labels)[main]
-    flips = 0 if regression else int((reference_predictions != candidate_predictions).sum())
-    return {
-        "max_abs_diff": float(np.abs(reference - candidate).max()),
-        "flip_rate": flips / len(labels),
-        "prediction_flips": flips,
-        "metric": main,
-        "metric_value": candidate_metric,
-        "metric_drop": reference_metric - candidate_metric,
-    }
 
 
 def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
@@ -100,115 +61,144 @@ def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int)
     return {op: counts[op] for op in FUSED_OPS if op in counts}
 
 
-def _excluded_nodes(path: Path, num_layers: int) -> list[str]:
-    """Names of the quantisable nodes in the first and last encoder layers and after the encoder (the head).
+@dataclass
+class Candidate:
+    """An INT8 candidate on disk, its record for ``fidelity.json`` and its outputs on the pool ``(n, num_labels)``."""
 
-    Layer membership comes from exporter scope names (``.../layer.3/...``); fused ``Attention`` nodes, which
-    lose their scope, are assigned to layers in graph order.
-    """
-    graph = onnx.load(str(path), load_external_data=False).graph
-    keep = {0, num_layers - 1}
-    excluded, attention_index = [], 0
-    for node in graph.node:
-        if node.op_type not in QUANTIZABLE_OPS:
-            continue
-        match = re.search(r"layer\.(\d+)", node.name)
-        if match is not None:
-            layer = int(match.group(1))
-        elif node.op_type in ("Attention", "MultiHeadAttention"):
-            layer, attention_index = attention_index, attention_index + 1
-        else:
-            layer = num_layers  # pooler and classifier
-        if layer in keep or layer >= num_layers:
-            excluded.append(node.name)
-    return excluded
+    spec: Int8Spec
+    path: Path
+    record: dict[str, Any]
+    logits: np.ndarray | None = None
 
 
-class _CalibrationReader:
-    """Feeds calibration examples one at a time to ``quantize_static`` (the graph has dynamic axes)."""
+@dataclass
+class Pool:
+    """What every candidate is measured on: the dev rows then unlabelled training rows, and the fp32 outputs."""
 
-    def __init__(self, encodings: Sequence[dict[str, list[int]]], input_names: Sequence[str]) -> None:
-        self.rows = iter(
-            [
-                {name: np.asarray([row[name]], dtype=np.int64) for name in input_names if name in row}
-                for row in encodings
-            ]
+    rows: list[dict[str, list[int]]]
+    dev_rows: Sequence[dict[str, list[int]]]
+    labels: np.ndarray
+    metric_names: Sequence[str]
+    reference: np.ndarray  # (len(rows), num_labels): the fp32 graph at batch 1
+    threads: int | None
+
+
+def measure_candidate(spec: Int8Spec, path: Path, pool: Pool, cfg: ExportConfig) -> Candidate:
+    """Measure the INT8 graph at ``path`` on the pool at batch 1, and its padding check on the dev rows."""
+    session = create_session(path, pool.threads)
+    logits = onnx_logits(session, pool.rows, batch_size=1)  # the deployed batch
+    check = compare_outputs(pool.reference, logits, pool.labels, pool.metric_names)
+    failures = budget_failures(check, cfg.int8)
+    within_budget = not failures
+    names = [node.name for node in session.get_inputs()]
+    padding = padding_check(
+        lambda feeds: session.run(None, feeds), names, list(pool.dev_rows), atol=cfg.int8.max_score_change
+    )
+    if not padding["passed"]:
+        failures.append(f"padding check failed (max diff {padding['max_abs_diff']:.2e}, {padding['flips']} flips)")
+    record = {
+        **_describe(spec),
+        **check,
+        "within_budget": within_budget,
+        "padding_passed": padding["passed"],
+        "padding_max_abs_diff": padding["max_abs_diff"],
+        "passed": not failures,
+        "shipped": False,
+        "size_bytes": path.stat().st_size,
+        "reason": "; ".join(failures) or None,
+    }
+    return Candidate(spec, path, record, logits)
+
+
+def _describe(spec: Int8Spec) -> dict[str, Any]:
+    return {
+        "setting": spec.label,
+        "source": spec.source.name,
+        "static": spec.static,
+        "per_channel": spec.per_channel,
+        "embeddings": spec.embeddings,
+        "excluded_nodes": list(spec.exclude_nodes),
+    }
+
+
+def _error(spec: Int8Spec, err: Exception) -> Candidate:
+    message = str(err).splitlines()[0] if str(err) else repr(err)
+    return Candidate(spec, Path(), {**_describe(spec), "passed": False, "shipped": False, "error": message})
+
+
+def build_candidates(
+    specs: Sequence[Int8Spec], scratch: Path, pool: Pool, cfg: ExportConfig, calibration: Sequence[dict]
+) -> list[Candidate]:
+    """Build and measure every spec; a spec that fails to build is recorded with its error."""
+    candidates = []
+    for index, spec in enumerate(specs):
+        path = scratch / f"candidate-{index}.onnx"
+        try:
+            with PreparedGraph(spec.source, cfg.int8, calibration) as prepared:
+                prepared.quantize(spec, path)
+            candidates.append(measure_candidate(spec, path, pool, cfg))
+        except Exception as err:  # noqa: BLE001 - a failed candidate is recorded and the others still tried
+            candidates.append(_error(spec, err))
+    return candidates
+
+
+def _search_target(candidates: list[Candidate]) -> Candidate | None:
+    """The fastest candidate that broke only the fidelity budget and is faster than every candidate that passed."""
+    chosen = select_fastest([c.record for c in candidates])
+    limit = candidates[chosen].record["p50_ms"] if chosen is not None else float("inf")
+    failing = [
+        c
+        for c in candidates
+        if c.logits is not None
+        and c.record["padding_passed"]
+        and not c.record["within_budget"]
+        and c.record.get("p50_ms") is not None
+        and c.record["p50_ms"] < limit
+    ]
+    return min(failing, key=lambda c: c.record["p50_ms"]) if failing else None
+
+
+def _search(
+    target: Candidate, scratch: Path, pool: Pool, cfg: ExportConfig, calibration: Sequence[dict], num_layers: int
+) -> tuple[Candidate | None, dict[str, Any]]:
+    """Run the sensitivity search on ``target``; returns the candidate it found (measured) and its record."""
+    with PreparedGraph(target.spec.source, cfg.int8, calibration) as prepared:
+        search = sensitive_nodes(
+            prepared, target.spec, pool.rows, pool.reference, target.logits, num_layers, pool.threads
         )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.rows, None)
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def quantize_int8(
-    attempt: Int8Attempt,
-    target: Path,
-    settings: Int8Config,
-    num_layers: int,
-    calibration: Sequence[dict[str, list[int]]],
-) -> None:
-    """Write an INT8 copy of ``attempt.source`` to ``target`` (shape inference first: fused graphs need it)."""
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic, quantize_static
-
-    with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        # When symbolic shape inference gives up it dumps its partial model into the current directory, so it
-        # runs inside the scratch directory; ONNX's own shape inference suffices for such graphs.
-        source = str(attempt.source.resolve())
-        with _working_directory(Path(scratch)):
-            try:
-                quant_pre_process(source, str(prepared), skip_optimization=True)
-            except Exception:
-                quant_pre_process(source, str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-        exclude = _excluded_nodes(prepared, num_layers) if attempt.exclude_first_last else []
-        skipped = {*settings.exclude_op_types, *attempt.exclude_op_types}
-        op_types = [op for op in QUANTIZABLE_OPS if op not in skipped]
-        common = dict(
-            per_channel=attempt.per_channel,
-            reduce_range=attempt.reduce_range,
-            op_types_to_quantize=op_types,
-            nodes_to_exclude=exclude,
-        )
-        if settings.mode == "dynamic":
-            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, **common)
-        else:
-            names = [value.name for value in onnx.load(str(prepared), load_external_data=False).graph.input]
-            quantize_static(
-                str(prepared),
-                str(target),
-                _CalibrationReader(calibration, names),
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                **common,
-            )
+        record = {
+            "searched": target.spec.label,
+            "trials": len(search.trials),
+            "rows": min(cfg.int8.sensitivity_examples, len(pool.rows)),
+            "excluded_nodes": list(search.excluded),
+            "passed_on_search_rows": search.passed,
+        }
+        if not search.passed or not search.excluded:
+            return None, record
+        spec = replace(target.spec, label=excluded_label(target.spec, search.excluded), exclude_nodes=search.excluded)
+        path = scratch / "candidate-sensitivity.onnx"
+        prepared.quantize(spec, path)
+    return measure_candidate(spec, path, pool, cfg), record
 
 
-def _attempts(settings: Int8Config, optimized: Path | None, fp32: Path) -> list[Int8Attempt]:
-    """The settings of :data:`INT8_FALLBACKS` that apply, in order.
-
-    The fused-attention fallback quantises the feed-forward and projection matrices but keeps ORT's fused
-    ``Attention`` op (query/key/value projections and scores) in fp32; it applies only to an optimised graph.
-    """
-    first = Int8Attempt(INT8_FALLBACKS[0], optimized or fp32, settings.per_channel, settings.reduce_range, False)
-    attempts = [first]
-    if not settings.per_channel:
-        attempts.append(replace(first, label=INT8_FALLBACKS[1], per_channel=True))
-    weights = attempts[-1]
-    if optimized is not None and "Attention" not in settings.exclude_op_types:
-        attempts.append(replace(first, label=INT8_FALLBACKS[2], exclude_op_types=("Attention",)))
-    attempts.append(replace(weights, label=INT8_FALLBACKS[3], exclude_first_last=True))
-    if optimized is not None:
-        attempts.append(replace(attempts[-1], label=INT8_FALLBACKS[4], source=fp32))
-    return attempts
+def _time(
+    graphs: dict[str, Path], candidates: list[Candidate], pool: Pool, cfg: ExportConfig, seq: int
+) -> dict[str, float]:
+    """p50 ms at batch 1 and ``seq`` of every fp32 graph and built candidate, interleaved; candidates by index."""
+    built = [(str(index), c.path) for index, c in enumerate(candidates) if c.logits is not None]
+    if not built and len(graphs) < 2:
+        return {}  # nothing to choose between
+    runners = {}
+    for key, path in [*graphs.items(), *built]:
+        session = create_session(path, pool.threads)
+        names = [node.name for node in session.get_inputs()]
+        runners[key] = ((lambda feeds, session=session: session.run(None, feeds)), names)
+    token_pool = np.concatenate([np.asarray(row["input_ids"]) for row in pool.dev_rows])
+    feeds = latency_inputs(token_pool, 1, seq, seed=seq)
+    timed = interleaved_p50(runners, feeds, cfg.selection_warmup, cfg.selection_iterations)
+    for index, candidate in enumerate(candidates):
+        candidate.record["p50_ms"] = timed.get(str(index))
+    return timed
 
 
 def optimize_bundle(
@@ -218,78 +208,135 @@ def optimize_bundle(
     labels: np.ndarray,
     metric_names: Sequence[str],
     calibration: Sequence[dict[str, list[int]]] = (),
+    unlabelled: Sequence[dict[str, list[int]]] = (),
+    seq_length: int = 128,
+    threads: int | None = None,
+    keep_over_budget: bool = False,
 ) -> dict[str, Any]:
-    """Add ``model.opt.onnx`` and ``model.int8.onnx`` to an exported bundle when they keep within budget.
+    """Add ``model.opt.onnx`` and ``model.int8.onnx`` to an exported bundle when they keep within budget and are
+    faster than what they replace.
 
     Args:
         bundle_dir: an export bundle (``model.onnx``, ``config.json``, ``dev_logits.npy``, ``fidelity.json``).
         validation: the tokenised dev rows (``input_ids``, ``attention_mask``, ``token_type_ids``) in order.
         labels: ``(n,)`` gold dev labels; ``metric_names[0]`` is the metric held to the budget.
-        calibration: tokenised train rows, for static INT8.
+        calibration: tokenised training rows that calibrate the static candidates.
+        unlabelled: tokenised training rows (not the calibration rows) pooled with dev to count flips.
+        seq_length: sequence length of the batch-1 timings that pick the graphs shipped.
+        threads: intra-op threads of those timings and measurements (``None``: ONNX Runtime's default).
+        keep_over_budget: when no INT8 candidate passes, keep the fastest as ``model.int8.over-budget.onnx`` (for
+            the teacher, so that the report shows what quantising it alone would give).
     Returns:
         ``{"optimized": ..., "int8": ...}``, also merged into the bundle's ``fidelity.json``. Files that failed
-        their budget are removed, so the bundle holds only models that passed.
+        their budget are removed, so the bundle serves only models that passed.
     """
     fp32 = bundle_dir / "model.onnx"
     model_config = json.loads((bundle_dir / "config.json").read_text(encoding="utf-8"))
-    reference = np.load(bundle_dir / DEV_LOGITS_FILE)
     record: dict[str, Any] = {"optimized": {"enabled": cfg.optimize}, "int8": {"enabled": cfg.int8.enabled}}
-    optimized_path: Path | None = None
-    for stale in (OPTIMIZED_FILE, INT8_FILE):
+    for stale in (OPTIMIZED_FILE, INT8_FILE, OVER_BUDGET_INT8_FILE):
         (bundle_dir / stale).unlink(missing_ok=True)
-
-    if cfg.optimize:
-        target = bundle_dir / OPTIMIZED_FILE
-        fused = optimize_graph(fp32, target, model_config["num_attention_heads"], model_config["hidden_size"])
-        check = fidelity_against(reference, onnx_logits(create_session(target), validation), labels, metric_names)
-        kept = check["flip_rate"] <= cfg.optimize_max_flip_rate
-        record["optimized"].update(fused_ops=fused, kept=kept, **check)
-        if kept:
-            optimized_path = target
-        else:
-            target.unlink()
-            record["optimized"]["reason"] = (
-                f"flip rate {check['flip_rate']:.2%} exceeds export.optimize_max_flip_rate "
-                f"{cfg.optimize_max_flip_rate:.2%}; the unoptimised graph is kept"
-            )
-
-    if cfg.int8.enabled:
-        target = bundle_dir / INT8_FILE
-        tried = []
-        for attempt in _attempts(cfg.int8, optimized_path, fp32):
+    optimized_path = _optimize(bundle_dir, cfg, validation, labels, metric_names, model_config, record["optimized"])
+    seq = min(seq_length, model_config.get("max_position_embeddings", seq_length))
+    graphs = {"fp32": fp32, **({"fp32-opt": optimized_path} if optimized_path else {})}
+    pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads)
+    candidates: list[Candidate] = []
+    with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        if cfg.int8.enabled:
+            pool.reference = onnx_logits(create_session(fp32, threads), pool.rows, batch_size=1)
+            specs = candidate_specs(cfg.int8, fp32, optimized_path)
+            candidates = build_candidates(specs, scratch, pool, cfg, calibration)
+        timed = _time(graphs, candidates, pool, cfg, seq)
+        target = _search_target(candidates) if cfg.int8.enabled and cfg.int8.sensitivity else None
+        if target is not None:
             try:
-                quantize_int8(attempt, target, cfg.int8, model_config["num_hidden_layers"], calibration)
-                check = fidelity_against(
-                    reference, onnx_logits(create_session(target), validation), labels, metric_names
+                found, record["int8"]["sensitivity"] = _search(
+                    target, scratch, pool, cfg, calibration, model_config["num_hidden_layers"]
                 )
-            except Exception as err:  # a failed setting is recorded and the next fallback tried
-                tried.append({"setting": attempt.label, "error": str(err).splitlines()[0] if str(err) else repr(err)})
-                continue
-            passed = check["flip_rate"] <= cfg.int8.max_flip_rate and check["metric_drop"] <= cfg.int8.max_metric_drop
-            tried.append(
-                {
-                    "setting": attempt.label,
-                    "source": attempt.source.name,
-                    "per_channel": attempt.per_channel,
-                    "excluded_first_last": attempt.exclude_first_last,
-                    "excluded_op_types": [*cfg.int8.exclude_op_types, *attempt.exclude_op_types],
-                    "passed": passed,
-                    **check,
-                }
-            )
-            if passed:
-                break
-        else:
-            target.unlink(missing_ok=True)
-        record["int8"].update(
-            mode=cfg.int8.mode,
-            attempts=tried,
-            kept=target.is_file(),
-            size_bytes=target.stat().st_size if target.is_file() else None,
-        )
-        if not target.is_file():
-            record["int8"]["reason"] = "no INT8 setting kept within the fidelity budget; only fp32 is shipped"
-
+            except Exception as err:  # noqa: BLE001 - the search is an extra; its failure is recorded
+                found, record["int8"]["sensitivity"] = None, {"searched": target.spec.label, "error": str(err)}
+            if found is not None:
+                candidates.append(found)
+                timed = _time(graphs, candidates, pool, cfg, seq)  # every graph timed again, side by side
+        _choose_fp32(bundle_dir, timed, record["optimized"], seq)
+        if cfg.int8.enabled:
+            fastest_fp32 = min(timed.get("fp32", float("inf")), timed.get("fp32-opt", float("inf")))
+            _ship_int8(bundle_dir, candidates, record["int8"], keep_over_budget, fastest_fp32)
+            record["int8"].update(mode=cfg.int8.mode, examples=len(pool.rows), dev_examples=len(validation))
+            fp32_p50 = fastest_fp32 if np.isfinite(fastest_fp32) else None
+            record["int8"]["timing"] = {"batch": 1, "seq": seq, "threads": threads, "fp32_p50_ms": fp32_p50}
+            record["int8"]["timing"]["iterations"] = cfg.selection_iterations
     fidelity = read_json(bundle_dir / FIDELITY_FILE)
     write_json(bundle_dir / FIDELITY_FILE, {**fidelity, **record})
     return record
+
+
+def _optimize(
+    bundle_dir: Path,
+    cfg: ExportConfig,
+    validation: Sequence[dict[str, list[int]]],
+    labels: np.ndarray,
+    metric_names: Sequence[str],
+    model_config: dict[str, Any],
+    record: dict[str, Any],
+) -> Path | None:
+    """Write the fused graph and check it on dev against the plain graph's logits; None when off or outside budget."""
+    if not cfg.optimize:
+        return None
+    target = bundle_dir / OPTIMIZED_FILE
+    fused = optimize_graph(
+        bundle_dir / "model.onnx", target, model_config["num_attention_heads"], model_config["hidden_size"]
+    )
+    reference = np.load(bundle_dir / DEV_LOGITS_FILE)
+    check = compare_outputs(reference, onnx_logits(create_session(target), validation), labels, metric_names)
+    kept = check["flip_rate"] <= cfg.optimize_max_flip_rate
+    record.update(fused_ops=fused, kept=kept, **{k: check[k] for k in ("flip_rate", "metric_drop", "max_abs_diff")})
+    if kept:
+        return target
+    target.unlink()
+    record["reason"] = (
+        f"flip rate {check['flip_rate']:.2%} exceeds export.optimize_max_flip_rate {cfg.optimize_max_flip_rate:.2%}; "
+        "the unoptimised graph is kept"
+    )
+    return None
+
+
+def _choose_fp32(bundle_dir: Path, timed: dict[str, float], record: dict[str, Any], seq: int) -> None:
+    """Keep the fused graph only when it is faster than the plain one at batch 1."""
+    if "fp32-opt" not in timed:
+        return
+    record.update(p50_ms=timed["fp32-opt"], plain_p50_ms=timed["fp32"])
+    if timed["fp32-opt"] < timed["fp32"]:
+        return
+    (bundle_dir / OPTIMIZED_FILE).unlink(missing_ok=True)
+    record["kept"] = False
+    record["reason"] = (
+        f"the fused graph was not faster than the plain one at batch 1, sequence {seq} ({timed['fp32-opt']:.2f} vs "
+        f"{timed['fp32']:.2f} ms p50); the plain graph is shipped"
+    )
+
+
+def _ship_int8(
+    bundle_dir: Path, candidates: list[Candidate], record: dict[str, Any], keep_over_budget: bool, fp32_p50: float
+) -> None:
+    """Copy the fastest passing candidate to ``model.int8.onnx`` and record every candidate."""
+    chosen = select_fastest([c.record for c in candidates])
+    if chosen is not None:
+        winner = candidates[chosen]
+        winner.record["shipped"] = True
+        shutil.copyfile(winner.path, bundle_dir / INT8_FILE)
+        record.update(kept=True, chosen_setting=winner.spec.label, size_bytes=winner.record["size_bytes"])
+        if winner.record["p50_ms"] >= fp32_p50:
+            record["reason"] = (
+                f"the fastest INT8 graph within budget ({winner.record['p50_ms']:.2f} ms p50) was not faster than "
+                f"the fp32 graph ({fp32_p50:.2f} ms) at batch 1"
+            )
+    else:
+        record.update(kept=False, reason="no INT8 candidate kept within the fidelity budget; only fp32 is shipped")
+        timed = [c for c in candidates if c.record.get("p50_ms") is not None and c.record.get("padding_passed")]
+        if keep_over_budget and timed:
+            fastest = min(timed, key=lambda c: c.record["p50_ms"])
+            shutil.copyfile(fastest.path, bundle_dir / OVER_BUDGET_INT8_FILE)
+            note = f"over budget: {fastest.record['reason']}"
+            record["over_budget"] = {"setting": fastest.spec.label, "note": note, "file": OVER_BUDGET_INT8_FILE}
+    record["candidates"] = [c.record for c in candidates]

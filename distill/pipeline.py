@@ -20,7 +20,7 @@ from distill.files import write_text
 from distill.layout import EVAL_FILE, TEACHER
 from distill.lock import claim
 from distill.manifest import Run, StageResult, open_run, require, run_stage
-from distill.preflight import preflight
+from distill.preflight import preflight, resolve_for_run
 
 __all__ = ["STAGES", "Run", "open_run", "run_pipeline", "run_pipeline_parallel"]
 
@@ -138,27 +138,26 @@ def stage_report(run: Run) -> None:
     run_stage(run, "report", outputs, work, start, aside=outputs)
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[Run], None]] = {
-    "teacher": stage_teacher,
-    "train": stage_train,
-    "export": stage_export,
-    "bench": stage_bench,
-    "report": stage_report,
-}
+STAGE_FUNCTIONS: dict[str, Callable[[Run], None]] = dict(
+    zip(STAGES, (stage_teacher, stage_train, stage_export, stage_bench, stage_report), strict=True)
+)
 
 
 def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) -> Run:
     """Run ``stages`` in order in ``run_dir``, skipping completed ones; the entry point of ``distill run``.
 
-    Every check that needs only the config, the data and the teacher's config runs first
-    (:func:`distill.preflight.preflight`), so bad input writes nothing; the run directory is claimed first
-    (:func:`distill.lock.claim`).
+    Budgets the config leaves unset are chosen for the data (:mod:`distill.budget`); every check that needs only
+    the config, the data and the teacher's config runs first (:func:`distill.preflight.preflight`), so bad input
+    writes nothing; the run directory is claimed first (:func:`distill.lock.claim`).
     """
     main = distributed.is_main()
     data = open_run(config, run_dir).data
+    config, notes = resolve_for_run(config, data)
     preflight(config, data)  # reads only: bad input is reported before anything else
     with claim(run_dir) if main else contextlib.nullcontext():
-        return _run_stages(open_run(config, run_dir, data), stages, main)  # the manifest as read under the lock
+        run = open_run(config, run_dir, data)  # the manifest as read under the lock
+        run.manifest["budget"] = notes
+        return _run_stages(run, stages, main)
 
 
 def _run_stages(run: Run, stages: Iterable[str], main: bool) -> Run:

@@ -18,6 +18,9 @@ MODEL_FILES = {INT8_FILE: "int8", OPTIMIZED_FILE: "fp32-opt", ONNX_FILE: "fp32"}
 """A bundle's ONNX files and the precision each is benchmarked as, fastest first; the export stage writes only
 those that passed their fidelity budget."""
 PREFERRED_MODEL_FILES = tuple(MODEL_FILES)
+OVER_BUDGET_INT8_FILE = "model.int8.over-budget.onnx"
+"""The fastest INT8 graph of a bundle whose INT8 candidates all broke the fidelity budget (written for the teacher):
+benchmarked as precision ``int8-over-budget`` so the report shows what quantising alone would give; never served."""
 # tokenizer_config.json stores a huge sentinel when the model has no length limit.
 NO_LENGTH_LIMIT = 1_000_000
 TEXT_PAIR_KEY = "distill_text_pair"
@@ -137,10 +140,16 @@ class OnnxClassifier:
         model_file: which ONNX file of the bundle to load.
         threads: intra-op threads for ONNX Runtime (``None``: its default).
         batch_size: examples per ``session.run`` call.
+        max_length: truncate inputs to this many tokens (a run's ``data.max_length``); ``None``: the model's limit.
     """
 
     def __init__(
-        self, bundle_dir: Path | str, model_file: str | None = None, threads: int | None = None, batch_size: int = 64
+        self,
+        bundle_dir: Path | str,
+        model_file: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+        max_length: int | None = None,
     ) -> None:
         bundle_dir = Path(bundle_dir)
         if not bundle_dir.is_dir():
@@ -159,7 +168,8 @@ class OnnxClassifier:
         """Whether the model reads sentence pairs (None for bundles from before distill recorded it)."""
         self.tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self._max_length(bundle_dir, config))
+        limit = self._max_length(bundle_dir, config)
+        self.tokenizer.enable_truncation(min(limit, max_length) if max_length else limit)
 
     @staticmethod
     def _max_length(bundle_dir: Path, config: dict) -> int:
@@ -183,6 +193,19 @@ class OnnxClassifier:
         Raises:
             ValueError: an empty text, second texts for a single-text model or none for a pair model.
         """
+        logits = self.logits(texts, text_pairs)  # (n, num_labels)
+        if logits.shape[1] == 1:
+            return [{"score": float(value)} for value in logits[:, 0]]  # regression: a score, no label
+        probabilities = _softmax(logits)
+        best = probabilities.argmax(axis=-1)
+        return [{"label": self.label(int(k)), "score": float(probabilities[row, k])} for row, k in enumerate(best)]
+
+    def logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
+        """The model's ``(n, num_labels)`` logits (``(n, 1)`` scores for regression) for ``texts`` and their pairs.
+
+        Raises:
+            ValueError: as :meth:`predict`.
+        """
         if isinstance(texts, str):
             texts = [texts]
         if text_pairs is not None and len(text_pairs) != len(texts):
@@ -201,9 +224,4 @@ class OnnxClassifier:
             {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
             for e in self.tokenizer.encode_batch(batch)
         ]
-        logits = onnx_logits(self.session, encodings, self.batch_size)  # (n, num_labels)
-        if logits.shape[1] == 1:
-            return [{"score": float(value)} for value in logits[:, 0]]  # regression: a score, no label
-        probabilities = _softmax(logits)
-        best = probabilities.argmax(axis=-1)
-        return [{"label": self.label(int(k)), "score": float(probabilities[row, k])} for row, k in enumerate(best)]
+        return onnx_logits(self.session, encodings, self.batch_size)

@@ -25,8 +25,8 @@ GLUE_TASKS: dict[str, TaskPreset] = {
     "sst2": TaskPreset("sentence", None, "label", ("negative", "positive"), ("accuracy",)),
     "rte": TaskPreset("sentence1", "sentence2", "label", ("entailment", "not_entailment"), ("accuracy",)),
     "cola": TaskPreset("sentence", None, "label", ("unacceptable", "acceptable"), ("matthews", "accuracy")),
-    "mrpc": TaskPreset("#1 String", "#2 String", "Quality", ("not_equivalent", "equivalent"), ("accuracy", "f1")),
-    "qqp": TaskPreset("question1", "question2", "is_duplicate", ("not_duplicate", "duplicate"), ("accuracy", "f1")),
+    "mrpc": TaskPreset("#1 String", "#2 String", "Quality", ("not_equivalent", "equivalent"), ("f1", "accuracy")),
+    "qqp": TaskPreset("question1", "question2", "is_duplicate", ("not_duplicate", "duplicate"), ("f1", "accuracy")),
     "qnli": TaskPreset("question", "sentence", "label", ("entailment", "not_entailment"), ("accuracy",)),
     "wnli": TaskPreset("sentence1", "sentence2", "label", ("not_entailment", "entailment"), ("accuracy",)),
     "mnli": TaskPreset(
@@ -39,4 +39,5 @@ GLUE_TASKS: dict[str, TaskPreset] = {
     ),
     "stsb": TaskPreset("sentence1", "sentence2", "score", None, ("pearson", "spearman")),
 }
-"""The first metric of each task is the one that selects checkpoints and gates the teacher."""
+"""The first metric of each task is GLUE's main metric for it (F1 for MRPC and QQP, Matthews for CoLA): it selects
+checkpoints, gates the teacher and states retention."""

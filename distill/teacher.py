@@ -20,15 +20,15 @@ from transformers import (
 )
 
 from distill import distributed
+from distill.baseline import trivial_baseline
 from distill.config import Config, TeacherConfig
-from distill.data import TaskData, majority_baseline, tokenize
+from distill.data import TaskData, tokenize
 from distill.errors import TeacherError
 from distill.evaluate import evaluate_logits, predict_logits
 from distill.files import read_json, save_array
 from distill.layout import DEV_LOGITS_FILE, EVAL_FILE, candidate_dir
-from distill.metrics import compute_metrics
 from distill.objective import LabelObjective
-from distill.records import CandidateEval, Candidates, CandidateScore, TeacherEval
+from distill.records import CandidateEval, Candidates, CandidateScore, TeacherEval, TrivialBaseline
 from distill.train import TrainResult, budget, remove_checkpoints, train_model
 
 BUNDLED_PREFIX = "bundled:"
@@ -174,13 +174,18 @@ def load_teacher(source: str, data: TaskData, replace_head: bool = False) -> Loa
     return LoadedTeacher(model, tokenizer, not (head_missing or head_reset), str(location))
 
 
-def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_metric: str, margin: float) -> str | None:
-    """The reason to refuse the teacher, or ``None`` when it beats the majority-class baseline by ``margin``."""
-    value, floor = metrics[main_metric], baseline.get(main_metric, 0.0)
+def quality_gate(
+    metrics: dict[str, float], baseline: TrivialBaseline | None, main_metric: str, margin: float
+) -> str | None:
+    """The reason to refuse the teacher, or ``None`` when its main metric beats the trivial baseline's
+    (:func:`distill.baseline.trivial_baseline`; 0 when unknown, as for a correlation) by ``margin``."""
+    value = metrics[main_metric]
+    floor = baseline.metrics.get(main_metric, 0.0) if baseline is not None else 0.0
     if value > floor + margin:
         return None
+    answer = f" ({baseline.answer()})" if baseline is not None else ""
     return (
-        f"the teacher's dev {main_metric} is {value:.4f}, not better than the majority-class baseline {floor:.4f} "
+        f"the teacher's dev {main_metric} is {value:.4f}, not better than the trivial baseline's {floor:.4f}{answer} "
         f"by the required margin {margin}; fine-tune it longer (teacher.training), use a better teacher, "
         "or lower teacher.min_margin"
     )
@@ -188,8 +193,7 @@ def quality_gate(metrics: dict[str, float], baseline: dict[str, float], main_met
 
 def gate(record: TeacherEval, margin: float) -> str | None:
     """:func:`quality_gate` on a saved teacher's record: the reason to refuse it at ``margin``, or None."""
-    baseline = {name: value for name, value in record.majority_baseline.items() if name != "label"}
-    return quality_gate(record.metrics, baseline, record.main_metric, margin)
+    return quality_gate(record.metrics, record.trivial(), record.main_metric, margin)
 
 
 def pretrained_origin(location: str, finetuned_here: bool) -> str | None:
@@ -288,6 +292,9 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
     In a data-parallel run every rank fine-tunes; rank 0 alone evaluates and writes, and every rank returns the
     record.
     """
+    from distill.budget import ensure_resolved
+
+    config = ensure_resolved(config, data, local_config(config.teacher.source))
     settings = config.teacher
     seeds = config.teacher_seeds()
     loaded = _load_seeded(settings, data, seeds[0])
@@ -339,11 +346,6 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
                 candidate_dir(teacher_dir, candidates.chosen_seed), use_safetensors=True
             )
         logits, metrics = _evaluate(chosen, validation, tokenizer, data, settings.training.eval_batch_size, "teacher")
-        baseline = majority_baseline(data)
-        baseline_metrics = {}
-        if baseline:
-            constant = np.full(len(data.validation), data.label_names.index(baseline["label"]))  # type: ignore[union-attr]
-            baseline_metrics = compute_metrics(data.metrics, constant, np.asarray(data.validation["label"]))
         chosen.save_pretrained(teacher_dir)  # kept even when the gate refuses it: a rerun with another margin uses it
         tokenizer.save_pretrained(teacher_dir)
         save_array(teacher_dir / DEV_LOGITS_FILE, logits)
@@ -355,7 +357,7 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
             pretrained_from=pretrained_origin(loaded.location, finetune),
             metrics=metrics,
             main_metric=data.main_metric,
-            majority_baseline={"label": baseline.get("label"), **baseline_metrics},
+            baseline=trivial_baseline(data),
             min_margin=settings.min_margin,
             train_examples=len(data.train),
             dev_examples=len(data.validation),

@@ -150,6 +150,32 @@ class BestModelCallback(TrainerCallback):
                 write_json(tmp / "best.json", self.best)
 
 
+class EarlyStopping(TrainerCallback):
+    """Stops training after ``patience`` evaluations in a row without a better ``metric_key`` than the best so far.
+
+    The count comes from the Trainer's log history, which a resumed run restores, and which every rank holds alike
+    (evaluation is gathered across ranks), so every rank stops at the same step.
+    """
+
+    def __init__(self, metric_key: str, patience: int) -> None:
+        self.metric_key = metric_key
+        self.patience = patience
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        scores = [float(entry[self.metric_key]) for entry in state.log_history if self.metric_key in entry]
+        if not scores:
+            return
+        best = scores.index(max(scores))  # the first best, as BestModelCallback keeps it
+        if len(scores) - 1 - best >= self.patience:
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                click.echo(
+                    f"early stop at step {state.global_step}: no better dev {self.metric_key[5:]} in "
+                    f"{self.patience} evaluations (best {scores[best]:.4f})",
+                    err=True,
+                )
+
+
 @dataclass
 class TrainResult:
     """The best model (by the main dev metric; the last one when not selecting) and what happened on the way."""
@@ -162,11 +188,15 @@ class TrainResult:
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint that was completely written, removing any newer one that a kill cut short.
+    """The newest checkpoint that was completely written, removing any newer one that a kill (or a full disk) cut
+    short, with one line naming them and where training resumes.
 
     Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one is incomplete; so is one whose
-    ``model.safetensors`` is missing or truncated (distill resumes from safetensors weights only).
+    ``model.safetensors`` is missing or truncated (distill resumes from safetensors weights only), or whose optimizer,
+    scheduler or RNG state (torch's zip format, whose index is at the end of the file) is cut short.
     """
+    import zipfile  # (here, not at the top: this function alone checks torch's state files)
+
     if not checkpoint_dir.is_dir():
         return None
     candidates = sorted(
@@ -174,16 +204,31 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
         key=lambda path: int(path.name.rsplit("-", 1)[-1]),
         reverse=True,
     )
+    removed: list[str] = []
+
+    def say(resume: str) -> None:
+        if removed:
+            names = ", ".join(removed)
+            click.echo(
+                f"note: {names} in {checkpoint_dir} {'is' if len(removed) == 1 else 'are'} incomplete or "
+                f"{'its' if len(removed) == 1 else 'their'} weights do not load; removed, {resume}",
+                err=True,
+            )
+
     for path in candidates:
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
             with safe_open(str(path / "model.safetensors"), framework="pt"):  # reads and checks the header and size
                 pass
-        except (OSError, ValueError, SafetensorError):
-            click.echo(f"note: checkpoint {path.name} is incomplete or not safetensors; it is removed", err=True)
+            for state in path.glob("*.pt*"):  # optimizer.pt, scheduler.pt, rng_state*.pth
+                zipfile.ZipFile(state).close()
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile):
+            removed.append(path.name)
             shutil.rmtree(path, ignore_errors=True)
             continue
+        say(f"training resumes from {path.name}")
         return str(path)
+    say("training starts from the beginning")
     return None
 
 
@@ -236,7 +281,8 @@ def train_model(
     teacher: PreTrainedModel | None = None,
     select_best: bool = True,
 ) -> TrainResult:
-    """Train ``model`` with ``objective``, evaluating each epoch and keeping the best checkpoint.
+    """Train ``model`` with ``objective``, evaluating each epoch (or every ``training.eval_steps`` steps), keeping the
+    best checkpoint and stopping early after ``training.patience`` evaluations without a better one.
 
     Checkpoints go to ``work_dir/checkpoints`` (resumed from automatically when present; the caller removes
     them with :func:`remove_checkpoints` once it has saved the result);
@@ -248,6 +294,7 @@ def train_model(
         select_best: evaluate each epoch and return the best checkpoint; when False (objectives that do not train
             the classifier, such as TinyBERT's stage 1), skip evaluation and return the trained ``model`` itself.
     """
+    assert training.resolved(), "budgets are chosen (distill.budget.resolve) before training"
     use_bf16, precision = resolve_precision(training.precision)
     if training.precision == "bf16" and not use_bf16:
         click.echo(f"note: training in {precision}", err=True)
@@ -267,7 +314,8 @@ def train_model(
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,
         lr_scheduler_type="linear",
-        eval_strategy="epoch" if select_best else "no",
+        eval_strategy=("steps" if training.eval_steps else "epoch") if select_best else "no",
+        eval_steps=training.eval_steps,
         save_strategy="steps",
         save_steps=training.save_steps,
         save_total_limit=2,
@@ -292,6 +340,8 @@ def train_model(
         JsonlLogCallback(work_dir / TRAIN_LOG),
         BestModelCallback(best_dir, f"eval_{metric_names[0]}"),
     ]
+    if select_best and training.patience:
+        callbacks.append(EarlyStopping(f"eval_{metric_names[0]}", training.patience))
     if is_main:  # a writer made on another rank would leave an empty event file behind
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir / "tensorboard"))))
     trainer = DistillationTrainer(

@@ -14,6 +14,7 @@ from distill.config import AugmentationConfig
 from distill.data import tokenize
 from distill.errors import StudentError
 from distill.evaluate import predict_logits
+from distill.losses import NO_LABEL
 from tests.conftest import WORDS, make_tiny_bert, tiny_task
 
 
@@ -159,3 +160,60 @@ def test_masked_lm_candidates(tmp_path, tokenizer, teacher, teacher_dir):
     bad = cfg.model_copy(update={"mlm_model": str(tmp_path / "wrong")})
     with pytest.raises(StudentError, match="vocabulary of 99"):
         augment_training_set(data, teacher, teacher_dir, tokenizer, bad, 32, 0, tmp_path / "c2")
+
+
+def pair_task(directory, rows: int, regression: bool):
+    """A sentence-pair task over the tiny vocabulary: classes (``yes``/``no``) or scores from 0 to 5."""
+    import random
+
+    from distill.config import DataConfig
+    from distill.data import load_task_data
+
+    rng = random.Random(3)
+
+    def split(name: str, count: int):
+        lines = ["sentence1\tsentence2\tlabel"]
+        for _ in range(count):
+            first, second = (" ".join(rng.sample(WORDS, rng.randint(3, 6))) for _ in range(2))
+            label = f"{rng.uniform(0, 5):.2f}" if regression else rng.choice(["yes", "no"])
+            lines.append(f"{first}\t{second}\t{label}")
+        path = directory / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    cfg = DataConfig(
+        train=split("train", rows), validation=split("dev", 4), text_column="sentence1",
+        text_pair_column="sentence2", label_column="label",
+        problem_type="regression" if regression else "classification",
+    )  # fmt: skip
+    return load_task_data(cfg, None)
+
+
+def test_pairs_augment_both_sentences_and_copies_have_no_hard_label(tmp_path, tokenizer, teacher, teacher_dir):
+    data = pair_task(tmp_path / "data", rows=6, regression=False)
+    cfg = AugmentationConfig(enabled=True, copies=3, probability=0.7, candidates=4, filter_disagreeing=False)
+    augmented, record, _ = augment_training_set(data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
+    copies = augmented.select(range(len(data.train), len(augmented))).to_list()
+    assert len(copies) == record["kept"] > 0
+    originals = data.train.to_list()
+    assert any(copy["text"] not in {row["text"] for row in originals} for copy in copies)
+    assert any(copy["text_pair"] not in {row["text_pair"] for row in originals} for copy in copies)
+    assert {copy["label"] for copy in copies} == {NO_LABEL}
+    assert augmented.select(range(len(data.train)))["label"] == data.train["label"]  # the originals keep theirs
+
+
+def test_regression_copies_are_scored_by_the_teacher_not_by_their_source(tmp_path, tokenizer, teacher_dir):
+    data = pair_task(tmp_path / "data", rows=6, regression=True)
+    assert data.is_regression
+    scorer = AutoModelForSequenceClassification.from_pretrained(
+        make_tiny_bert(tmp_path / "scorer", num_labels=1, num_layers=2)
+    )
+    cfg = AugmentationConfig(enabled=True, copies=2, probability=0.7, candidates=4)
+    augmented, record, known = augment_training_set(data, scorer, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "c")
+    assert known is None and record["dropped_disagreeing"] == 0  # no class to disagree on: every copy is kept
+    copies = augmented.select(range(len(data.train), len(augmented)))
+    assert len(copies) == record["kept"] > 0 and all(np.isnan(copies["label"]))
+    rows, info = with_teacher_logits(tokenize(augmented, tokenizer, 32), scorer, teacher_dir, tokenizer, tmp_path / "c")
+    expected = predict_logits(scorer, tokenize(augmented, tokenizer, 32), tokenizer)
+    assert info["cache"] == "miss" and np.allclose(np.asarray(rows["teacher_logits"]), expected, atol=1e-5)

@@ -101,3 +101,30 @@ def test_host_and_versions() -> None:
     versions = library_versions()
     assert {"python", "torch", "transformers", "onnxruntime", "onnx", "numpy"} <= set(versions)
     assert versions["onnxruntime"].count(".") >= 1
+
+
+def test_replay_groups_sentences_of_similar_length() -> None:
+    from distill.bench import replay_dev_set
+
+    lengths = [3, 30, 4, 29, 5, 28, 6, 27]
+    rows = [{"input_ids": [1] * length} for length in lengths]
+    widths: list[tuple[int, int]] = []
+    timing = replay_dev_set(lambda feeds: widths.append(feeds["input_ids"].shape), ["input_ids"], rows, batch=4)
+    assert timing["sentences"] == 8 and sorted(widths) == [(4, 6), (4, 30)], "in file order each batch pads to 30"
+
+
+def test_over_budget_int8_rows_are_flagged(
+    artifacts: list[Artifact], validation: datasets.Dataset, tmp_path: Path
+) -> None:
+    onnx_path = artifacts[2].path
+    flagged = Artifact("small", "onnxruntime", "int8-over-budget", onnx_path, "student", "over budget: 2.41% flips")
+    one_point = GRID.model_copy(update={"batch_sizes": [1], "seq_lengths": [8], "replay_batch_sizes": []})
+    results = benchmark_artifacts(
+        [artifacts[1], flagged], validation, ["accuracy"], "teacher", one_point, tmp_path / "r"
+    )
+    rows = {row["precision"]: row for row in results["artifacts"] if row["runtime"] == "onnxruntime"}
+    assert rows["int8-over-budget"]["over_budget"] == "over budget: 2.41% flips"
+    assert "padding_atol" not in rows["int8-over-budget"]
+    from distill.records import BenchResults
+
+    assert BenchResults.model_validate(results).artifacts[1].over_budget == "over budget: 2.41% flips"

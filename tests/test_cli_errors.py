@@ -81,7 +81,8 @@ def job(tmp_path, sst2_like, tiny_bert_dir) -> Path:
 
 
 def test_expected_commands_exist():
-    assert {"validate", "run", "teacher", "train", "export", "bench", "report", "predict"} <= set(cli.commands)
+    expected = {"validate", "run", "teacher", "train", "export", "bench", "report", "predict", "evaluate"}
+    assert expected <= set(cli.commands)
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))
@@ -96,6 +97,9 @@ def test_every_command_has_working_help(name):
         return
     if name == "compare":
         assert "RUN_DIRS..." in result.output and "--out" in result.output
+        return
+    if name == "evaluate":
+        assert "RUN_DIR|BUNDLE FILE" in result.output and "--config" in result.output
         return
     if name != "validate":
         assert "--run-dir" in result.output
@@ -120,7 +124,8 @@ def test_version():
 def test_validate_a_good_config(job, tmp_path):
     result = run_cli("validate", job, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{job}: valid (1 student(s) to train: s2)"
+    assert result.stdout.splitlines()[0] == f"{job}: valid (1 student(s) to train: s2)"
+    assert result.stdout.splitlines()[1].startswith("data: 96 train rows, 32 dev rows; single texts;")
     assert result.stderr.strip() == ""
 
 

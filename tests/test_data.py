@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from distill.config import DataConfig
-from distill.data import SUFFIX_FORMATS, TaskData, load_task_data, majority_baseline, read_table, tokenize
+from distill.data import SUFFIX_FORMATS, TaskData, load_task_data, read_table, tokenize
 from distill.errors import DataError, DistillError
 from tests.conftest import WORDS
 
@@ -293,21 +293,6 @@ def test_limit_above_size_keeps_everything_in_order(sst2_like):
     assert list(limited.train["text"]) == list(full.train["text"])
 
 
-def test_majority_baseline(tmp_path):
-    train = write_lines(tmp_path / "train.tsv", ["sentence\tlabel", "a\t1", "b\t1", "c\t0"])
-    dev = write_lines(tmp_path / "dev.tsv", ["sentence\tlabel", "a\t0", "b\t1", "c\t0", "d\t0"])
-    baseline = majority_baseline(load_task_data(data_config(train, dev), "sst2"))
-    assert baseline == {"label": "positive", "accuracy": 0.25}
-
-
-def test_majority_baseline_is_empty_for_regression(tmp_path):
-    path = write_lines(tmp_path / "t.csv", ["text,score", "a,0.5", "b,1.5"])
-    assert majority_baseline(load_task_data(data_config(path, text_column="text", label_column="score"), None)) == {}
-
-
-# --- tokenisation --------------------------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_bert_dir):
     from transformers import AutoTokenizer
@@ -357,3 +342,134 @@ def test_tokenize_pairs_and_truncation(tokenizer, tmp_path):
     assert len(encoded["input_ids"][0]) == 8
     assert len(encoded["input_ids"][1]) == 12
     assert list(encoded["labels"]) == [0, 1]
+
+
+# --- any tabular input: header or not, columns by position, quoting, BOM -------------------------------------------
+
+
+def test_headerless_tsv_with_columns_by_position(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["7\tgood fun\tpositive", "8\tdull\tnegative", '9\tsaid "hi\tpositive'])
+    data = load_task_data(data_config(path, header=False, text_column=1, label_column=2), None)
+    assert list(data.train["text"]) == ["good fun", "dull", 'said "hi']
+    assert data.label_names == ["negative", "positive"] and list(data.train["label"]) == [1, 0, 1]
+
+
+def test_headerless_pairs_by_position_with_a_preset(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["0\ta b\tc d\tentailment", "1\te f\tg h\tnot_entailment"])
+    data = load_task_data(data_config(path, header=False, text_column=1, text_pair_column=2, label_column=3), "rte")
+    assert list(data.train["text_pair"]) == ["c d", "g h"] and list(data.train["label"]) == [0, 1]
+
+
+def test_positions_with_a_header_line(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["id,review,mood", "1,fine,happy", "2,poor,sad"])
+    data = load_task_data(data_config(path, text_column=1, label_column=2), None)
+    assert list(data.train["text"]) == ["fine", "poor"] and data.label_names == ["happy", "sad"]
+
+
+def test_headerless_file_with_column_names_is_error_naming_the_fix(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["it 's fine \t1", "bleak and dull \t0", "a charming film \t1"])
+    with pytest.raises(DataError) as info:
+        load_task_data(data_config(path), "sst2")
+    message = str(info.value)
+    assert "data.text_column 'sentence'" in message and "looks like data ('1' reads as a label)" in message
+    assert "--set data.header=false --set data.text_column=0 --set data.label_column=1" in message
+    assert "\n" not in message
+
+
+def test_headerless_rte_read_with_names_guesses_the_positions(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["\t".join(row) for row in RTE_ROWS])
+    with pytest.raises(
+        DataError, match="header=false --set data.text_column=1 --set data.text_pair_column=2 --set data.label_column=3"
+    ):
+        load_task_data(data_config(path), "rte")
+
+
+def test_headerless_file_with_positions_but_header_unset_is_caught(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["fine\t1", "dull\t0", "fun\t1"])
+    with pytest.raises(DataError, match=r"'1' in label column 1.*set data.header: false"):
+        load_task_data(data_config(path, text_column=0, label_column=1), None)
+    # Written out, header: true keeps the line as the header (a file whose header really is a label value).
+    data = load_task_data(data_config(path, header=True, text_column=0, label_column=1), None)
+    assert list(data.train["text"]) == ["dull", "fun"]
+
+
+def test_header_false_with_column_names_is_error(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["fine\t1"])
+    with pytest.raises(DataError) as info:
+        load_task_data(data_config(path, header=False, label_column=1), "sst2")
+    message = str(info.value)
+    assert (
+        "data.text_column is the sst2 preset's name 'sentence'" in message
+        and "data.label_column" not in message.split(";")[0]
+    )
+    assert "--set data.text_column=0" in message
+
+
+def test_position_past_the_last_column_is_error(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["fine\t1"])
+    with pytest.raises(DataError, match=r"2 column\(s\), at positions 0 to 1, but data.label_column is 5"):
+        load_task_data(data_config(path, header=False, text_column=0, label_column=5), None)
+
+
+def test_header_false_is_refused_for_jsonl(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"sentence": "a", "label": 1}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="data.header: false is for TSV and CSV files"):
+        read_table(path, header=False)
+
+
+def test_csv_with_quotes_and_commas_inside_fields(tmp_path):
+    path = write_lines(
+        tmp_path / "t.csv", ["text,label", '"He said ""no, never"", then left",neg', '"a, b, c",pos', "plain,pos"]
+    )
+    data = load_task_data(data_config(path, text_column="text", label_column="label"), None)
+    assert list(data.train["text"]) == ['He said "no, never", then left', "a, b, c", "plain"]
+    assert list(data.train["label"]) == [0, 1, 1]
+
+
+def test_tsv_with_csv_quoting(tmp_path):
+    path = write_lines(tmp_path / "t.tsv", ["sentence\tlabel", '"tab\there"\t1', '"line ""q"""\t0'])
+    frame = read_table(path, quoting="csv")
+    assert frame["sentence"].tolist() == ["tab\there", 'line "q"']
+
+
+def test_csv_with_quoting_none_keeps_quote_characters(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["text,label", '"quoted,1'])
+    assert read_table(path, quoting="none")["text"].tolist() == ['"quoted']
+
+
+@pytest.mark.parametrize("name", ["t.tsv", "t.csv", "t.jsonl"])
+def test_utf8_byte_order_mark_stays_out_of_the_first_column_name(tmp_path, name):
+    path = tmp_path / name
+    body = {
+        "t.tsv": "sentence\tlabel\ncafé\t1\n",
+        "t.csv": "sentence,label\ncafé,1\n",
+        "t.jsonl": '{"sentence": "café", "label": 1}\n',
+    }[name]
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    assert list(read_table(path).columns) == ["sentence", "label"]
+    assert list(load_task_data(data_config(path), "sst2").train["text"]) == ["café"]
+
+
+def test_many_string_classes(tmp_path):
+    moods = [f"class{i:02d}" for i in range(12)]
+    path = write_lines(tmp_path / "t.tsv", ["text\tmood", *(f"row {i}\t{mood}" for i, mood in enumerate(moods))])
+    data = load_task_data(data_config(path, text_column="text", label_column="mood"), None)
+    assert data.num_labels == 12 and list(data.train["label"]) == list(range(12))
+
+
+def test_set_override_gives_integer_columns(tmp_path):
+    from distill.config import load_config
+
+    train = write_lines(tmp_path / "t.tsv", ["0\tfine\t1"])
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"task: null\ndata:\n  train: {train}\n  validation: {train}\nstudents: [{{name: s}}]\n", encoding="utf-8"
+    )
+    config = load_config(
+        job, ["data.header=false", "data.text_column=1", "data.label_column=2", "data.text_pair_column=0"]
+    )
+    assert (config.data.text_column, config.data.label_column, config.data.header) == (1, 2, False)
+    assert config.data.text_pair_column == 0
+    quoted = load_config(job, ["data.text_column='1'", "data.label_column=label"])
+    assert quoted.data.text_column == "1"

@@ -47,7 +47,7 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
 
     teacher = json.loads((run_dir / "teacher" / "eval.json").read_text())
     assert teacher["finetuned_here"] is True, "the bundled teacher has no classification head, so distill fine-tunes it"
-    assert teacher["metrics"]["accuracy"] > teacher["majority_baseline"]["accuracy"] + 0.05
+    assert teacher["metrics"]["accuracy"] > teacher["baseline"]["metrics"]["accuracy"] + 0.05
     student = json.loads((run_dir / "students" / "distil3" / "eval.json").read_text())
     assert 0.0 < student["metrics"]["accuracy"] <= 1.0 and student["parameters"] < student["teacher_parameters"]
     twin = json.loads((run_dir / "students" / "distil3-twin" / "eval.json").read_text())
@@ -82,6 +82,20 @@ def test_quick_config_end_to_end_on_sst2_slice(tmp_path):
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert rerun.returncode == 0 and rerun.stdout.count("skipped") == 6, rerun.stdout  # 4 stages + 2 students
+
+    new_file = tmp_path / "new.tsv"  # 120 sentences of SST-2's dev split, as a user's new labelled file
+    new_file.write_text("".join((GLUE_DIR / "SST-2" / "dev.tsv").read_text().splitlines(True)[:121]))
+    evaluate = [sys.executable, "-m", "distill", "evaluate", str(run_dir), str(new_file)]
+    scored = subprocess.run(
+        evaluate, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    evaluation = json.loads((run_dir / "evaluations" / "new" / "evaluation.json").read_text())
+    assert evaluation["examples"] == 120 and evaluation["labels"] == ["negative", "positive"]
+    rows = {(row["name"], row["runtime"], row["precision"]): row for row in evaluation["artifacts"]}
+    assert {key for key in measured if key[1] == "onnxruntime"} | {("teacher", "pytorch", "fp32")} == set(rows)
+    assert rows["teacher", "onnxruntime", "fp32"]["agreement_with_teacher"] >= 0.99
+    assert "gain_over_twin" in rows["distil3", "onnxruntime", "fp32"]
 
 
 def test_tinybert_config_end_to_end_on_sst2_slice(tmp_path):

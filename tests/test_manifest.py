@@ -1,5 +1,6 @@
 """The fingerprint rule keeps a user's finished work: across upgrades, across added config fields, and when inputs
-really change (the old outputs are moved aside, not deleted)."""
+really change (the old outputs are moved aside, not deleted); outputs damaged after their stage finished are noticed
+by content and recomputed."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+import distill.manifest as manifest_module
 from distill.config import Config, TrainingConfig, config_from_dict
-from distill.errors import TeacherError
-from distill.files import read_json
+from distill.errors import StageError, TeacherError
+from distill.files import read_json, write_json
 from distill.layout import RunLayout
-from distill.manifest import RULE, StageResult, legacy_fingerprints, open_run, run_stage, stage_fingerprints
+from distill.manifest import (
+    RULE,
+    StageResult,
+    changed_output,
+    legacy_fingerprints,
+    open_run,
+    output_files,
+    require,
+    run_stage,
+    stage_fingerprints,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_c139548"
 
@@ -215,3 +227,150 @@ def test_going_back_to_earlier_inputs_brings_their_outputs_back_from_previous(tm
     assert read_json(back.layout.manifest)["stages"]["teacher"]["fingerprint"] == back.fingerprints["teacher"]
     kept = [path / "teacher" / "eval.json" for path in (run_dir / "previous").glob("teacher-*")]
     assert [path.read_text() for path in kept] == ["epochs 5"], "the newer outputs are kept in their turn"
+
+
+# --- outputs checked by content -----------------------------------------------------------------------------------
+
+
+def export_into(layout: RunLayout, calls: list[int]):
+    """A stand-in export stage: one bundle with a model, an INT8 model and a fidelity record (what the manifest
+    checks), plus a training log and a hidden staging file (which it leaves out)."""
+    bundle = layout.onnx / "s2"
+
+    def work() -> StageResult:
+        calls.append(1)
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "model.onnx").write_bytes(b"graph" * 1000)
+        (bundle / "model.int8.onnx").write_bytes(b"int8" * 500)
+        (bundle / "fidelity.json").write_text("{}")
+        (bundle / "logs").mkdir(exist_ok=True)
+        (bundle / "logs" / "train_log.jsonl").write_text("{}\n")
+        (layout.onnx / ".s2.staging.tmp").write_text("half")
+        return StageResult({}, "exported")
+
+    return work, [bundle / "fidelity.json"], [layout.onnx]
+
+
+@pytest.mark.parametrize(
+    ("damage", "how"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), "changed"),
+        (lambda path: path.write_bytes(path.read_bytes().replace(b"graph", b"GRAPH", 1)), "changed"),
+        (Path.unlink, "is missing"),
+    ],
+    ids=["cut-short", "same-size-other-bytes", "deleted"],
+)
+def test_an_output_damaged_after_its_stage_finished_is_recomputed_and_kept_aside(tmp_path, capsys, damage, how):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    layout, calls = RunLayout(run_dir), []
+    work, outputs_, aside = export_into(layout, calls)
+
+    def again(action=work) -> bool:
+        return run_stage(open_run(config_from_dict(raw), run_dir), "export", outputs_, action, "exporting", aside=aside)
+
+    assert again()
+    recorded = read_json(layout.manifest)["stages"]["export"]["output_files"]
+    assert sorted(recorded) == ["onnx/s2/fidelity.json", "onnx/s2/model.int8.onnx", "onnx/s2/model.onnx"]
+    assert recorded["onnx/s2/model.onnx"]["bytes"] == 5000
+    assert again(fail_if_called) is False
+    model = layout.onnx / "s2" / "model.onnx"
+    damage(model)
+    capsys.readouterr()
+    assert again()
+    out = capsys.readouterr().out
+    (kept,) = (run_dir / "previous").glob("export-*")
+    assert (
+        f"[export] onnx/s2/model.onnx {how} since export finished: recomputing export; what it left is kept in {kept}"
+        in out
+    )
+    assert read_json(kept / "entry.json")["status"] == "damaged", "never brought back as a finished output"
+    assert model.read_bytes() == b"graph" * 1000 and len(calls) == 2
+    assert again(fail_if_called) is False
+
+
+def test_an_entry_recorded_before_output_digests_is_trusted(tmp_path):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    layout, calls = RunLayout(run_dir), []
+    work, outputs_, aside = export_into(layout, calls)
+    assert run_stage(open_run(config_from_dict(raw), run_dir), "export", outputs_, work, "exporting", aside=aside)
+    manifest = read_json(layout.manifest)
+    del manifest["stages"]["export"]["output_files"]  # as distill wrote it before this check existed
+    write_json(layout.manifest, manifest)
+    model = layout.onnx / "s2" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:10])
+    again = open_run(config_from_dict(raw), run_dir)
+    assert run_stage(again, "export", outputs_, fail_if_called, "exporting", aside=aside) is False
+
+
+def test_a_large_output_is_checked_by_its_size_and_sampled_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module, "FULL_DIGEST_BYTES", 4096)
+    monkeypatch.setattr(manifest_module, "SAMPLED_BLOCK_BYTES", 256)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 100)
+    recorded = output_files(tmp_path, [weights])
+    assert changed_output(tmp_path, {"output_files": recorded}) is None
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1])
+    assert changed_output(tmp_path, {"output_files": recorded}) == ("model.safetensors", "changed")
+    weights.write_bytes(original[: len(original) // 2] + bytes(len(original) - len(original) // 2))  # zeros, same size
+    assert changed_output(tmp_path, {"output_files": recorded}) == ("model.safetensors", "changed")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes(original)  # a copied run directory is the same run
+    assert changed_output(copy, {"output_files": recorded}) is None
+
+
+def test_a_stage_command_refuses_an_upstream_output_damaged_since_it_finished(tmp_path):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    run = open_run(config_from_dict(raw), run_dir)
+    teacher = run.layout.teacher
+
+    def finish() -> StageResult:
+        teacher.mkdir(parents=True, exist_ok=True)
+        (teacher / "eval.json").write_text("{}")
+        (teacher / "model.safetensors").write_bytes(b"w" * 300)
+        return StageResult({}, "teacher written")
+
+    assert run_stage(run, "teacher", [teacher / "eval.json"], finish, "fine-tuning", aside=[teacher])
+    require(open_run(config_from_dict(raw), run_dir), "teacher", "teacher")
+    (teacher / "model.safetensors").write_bytes(b"w" * 30)
+    with pytest.raises(StageError) as info:
+        require(open_run(config_from_dict(raw), run_dir), "teacher", "teacher")
+    assert str(info.value) == (
+        f"{teacher / 'model.safetensors'} changed since stage teacher finished; rerun `distill teacher` "
+        "(or `distill run`) to compute it again"
+    )
+
+
+def test_outputs_brought_back_from_previous_but_damaged_there_are_recomputed(tmp_path, capsys):
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = tmp_path / "run"
+    teacher = RunLayout(run_dir).teacher
+
+    def write(text: str):
+        def work() -> StageResult:
+            teacher.mkdir(parents=True, exist_ok=True)
+            (teacher / "eval.json").write_text(text)
+            return StageResult({}, "written")
+
+        return work
+
+    def stage(work) -> bool:
+        return run_stage(open_run(config_from_dict(raw), run_dir), "teacher", [teacher / "eval.json"], work,
+                         "training", aside=[teacher])  # fmt: skip
+
+    assert stage(write("epochs 2"))
+    raw["teacher"]["training"]["epochs"] = 5
+    assert stage(write("epochs 5"))
+    (kept,) = (run_dir / "previous").glob("teacher-*")
+    (kept / "teacher" / "eval.json").write_text("epo")  # the earlier outputs, damaged while kept aside
+    raw["teacher"]["training"]["epochs"] = 2
+    capsys.readouterr()
+    assert stage(write("epochs 2, again"))
+    out = capsys.readouterr().out
+    assert "its outputs are back in place" in out
+    assert "[teacher] teacher/eval.json changed since teacher finished: recomputing teacher" in out
+    assert (teacher / "eval.json").read_text() == "epochs 2, again"

@@ -78,7 +78,7 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     assert stages["teacher"]["environment"]["versions"]["torch"]
     teacher_eval = json.loads((run_dir / "teacher" / "eval.json").read_text())
     assert teacher_eval["finetuned_here"] is True
-    assert teacher_eval["metrics"]["accuracy"] > teacher_eval["majority_baseline"]["accuracy"]
+    assert teacher_eval["metrics"]["accuracy"] > teacher_eval["baseline"]["metrics"]["accuracy"]
     distill_record = json.loads((run_dir / "students" / "s2" / "distill.json").read_text())
     assert distill_record["layer_map"] == [1, 3]
     assert any("loss_kd" in row and "loss_cos" in row for row in distill_record["history"])

@@ -163,7 +163,9 @@ def test_distilbert_description_is_composed_from_the_spec_and_what_happened():
     from distill.config import DistilBertStudentConfig, label_only_twin
     from distill.students import RECIPES, TrainingFacts
 
-    spec = DistilBertStudentConfig(name="s", num_layers=2, baseline=True)
+    spec = DistilBertStudentConfig(
+        name="s", num_layers=2, baseline=True, training={"epochs": 3.0, "learning_rate": 1e-4}
+    )
     facts = TrainingFacts([1, 3], "the fine-tuned teacher")
     recipe = RECIPES["distilbert"]
     assert recipe.describe(spec, facts) == [

@@ -38,9 +38,18 @@ def tiny_teacher(layers: int = 4, hidden: int = 32, heads: int = 4, ffn: int = 6
     return BertForSequenceClassification(config).eval()
 
 
+STAGE_BUDGETS = {
+    "intermediate": {"training": {"epochs": 2.0, "learning_rate": 5e-5}},
+    "prediction": {"training": {"epochs": 3.0, "learning_rate": 5e-5}},
+}
+"""Stated budgets (distill.budget chooses unset ones from the data, which these tests have none of)."""
+
+
 def spec(**overrides) -> TinyBertStudentConfig:
     values = {"name": "t", "recipe": "tinybert", "num_layers": 2, "hidden_size": 24, "num_attention_heads": 4}
-    values.update({"intermediate_size": 48, **overrides})
+    values.update({"intermediate_size": 48, **STAGE_BUDGETS})
+    for key, value in overrides.items():
+        values[key] = {**values[key], **value} if key in STAGE_BUDGETS else value
     return TinyBertStudentConfig(**values)
 
 
@@ -362,7 +371,8 @@ def test_tinybert_description_says_what_each_stage_did_and_what_augmentation_kep
     assert lines[1].startswith("Stage 1 (intermediate layers, 2.0 epoch(s), batch 32, learning rate 5e-05)")
     assert lines[2].startswith("Stage 2 (prediction layer, 3.0 epoch(s)")
     assert lines[3] == (
-        "Augmented data: 15 copies kept of 20 generated (5 dropped because the teacher labelled them differently)."
+        "Augmented data: 15 copies kept of 20 generated from 10 rows (5 dropped because the teacher labelled them "
+        "differently); copies teach through the teacher's outputs only, never with hard labels."
     )
     twin = recipe.describe(label_only_twin(spec(baseline=True)), TrainingFacts([1, 3], "the fine-tuned teacher"))
     assert twin[1] == "Training: 5.0 epoch(s), batch 32, learning rate 5e-05; best dev checkpoint kept."

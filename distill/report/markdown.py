@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from distill.bundle_records import Int8Fidelity, Int8Try, OptimizedFidelity
 from distill.layout import BARS_FILE, SCATTER_FILE, STAGE1_FILE, TWIN_SUFFIX, RunLayout
-from distill.records import Int8Fidelity, Int8Try, OptimizedFidelity, PaddingCheck
+from distill.metrics import metric_name
+from distill.records import PaddingCheck
+from distill.report.candidates import COLUMNS as CANDIDATE_COLUMNS
+from distill.report.candidates import INTRO as CANDIDATE_INTRO
+from distill.report.candidates import candidate_notes, candidate_rows
 from distill.report.results import STAGE1_TERMS, RunView
 
 
@@ -104,11 +109,12 @@ def teacher_section(view: RunView) -> list[str]:
             "teacher. It was chosen on the same dev set that scores every model here, so its dev score is slightly "
             "optimistic."
         )
-    baseline = evaluation.majority_baseline
-    if "accuracy" in baseline:
-        lines.append(
-            f"Majority-class baseline: accuracy {baseline['accuracy']:.4f} (always `{baseline.get('label', '?')}`)."
-        )
+    baseline = evaluation.trivial()
+    if baseline is not None:
+        scores = [f"{metric_name(name)} {value:.4f}" for name, value in baseline.metrics.items()]
+        scores += [f"MSE {baseline.mse:.4f}"] if baseline.mse is not None else []
+        kind = "majority-class" if baseline.mean is None else "mean-score"
+        lines.append(f"Trivial ({kind}) baseline, {baseline.answer()}: {', '.join(scores)}.")
     return [*lines, ""]
 
 
@@ -123,7 +129,7 @@ def artifact_section(view: RunView) -> list[str]:
                 row.name,
                 row.role,
                 row.runtime,
-                row.precision,
+                row.precision if row.over_budget is None else f"{row.precision} ({row.over_budget})",
                 "n/a" if value is None else f"{value:.4f}",
                 fmt_ratio(retained, "%"),
                 fmt_agreement(row.agreement_with_teacher, view.regression),
@@ -181,7 +187,11 @@ def deployment_section(view: RunView) -> list[str]:
     columns = ["export", "optimised graph", "fused ops", "flips vs fp32", "INT8", "INT8 setting", "flips vs fp32"]
     intro = "Each variant is compared with its fp32 ONNX graph on the dev split; "
     intro += "a variant outside its budget is not shipped."
-    return [*section("Optimisation and INT8", [*columns, "metric drop"], rows, intro), *notes, *([""] if notes else [])]
+    lines = [*section("Optimisation and INT8", [*columns, "metric drop"], rows, intro), *notes]
+    lines += [""] if notes else []
+    candidates, comparisons = candidate_rows(view), candidate_notes(view)
+    lines += section("INT8 candidates", CANDIDATE_COLUMNS, candidates, CANDIDATE_INTRO) if candidates else []
+    return [*lines, *comparisons, *([""] if comparisons else [])]
 
 
 def latency_section(view: RunView) -> list[str]:
@@ -213,7 +223,7 @@ def replay_section(view: RunView) -> list[str]:
         speedup = fmt_ratio(row.sentences_per_s / reference if reference else None)
         rows.append([row.name, row.runtime, row.precision, str(row.batch), f"{row.sentences_per_s:.1f}", speedup])
     columns = ["artifact", "runtime", "precision", "batch", "sentences/s", "speed-up"]
-    intro = "The whole dev split in its own order and lengths, padded per call: what a service would see."
+    intro = "The whole dev split, grouped by length into batches (as `distill predict` does), padded per call."
     return section("Dev-set replay", columns, rows, intro)
 
 
@@ -245,8 +255,7 @@ def students_section(view: RunView) -> list[str]:
     columns = ["student", "objective", "metrics", "agreement with teacher", "parameters (vs teacher)"]
     intro = (
         f"Each label-only twin (`NAME{TWIN_SUFFIX}`) has its student's architecture, initialisation and number of "
-        "epochs, trained on hard labels only. The gain is one run's difference on the dev set; with one seed, a gain "
-        "under about 2 points (two standard errors on SST-2's 872 sentences) cannot be told from noise."
+        f"epochs, trained on hard labels only. The gain is one run's difference on the dev set; {_noise(view)}"
     )
     lines = section("Students at the end of training", [*columns, f"{metric} gain over twin"], rows, intro)
     for name in evaluations:
@@ -261,6 +270,18 @@ def students_section(view: RunView) -> list[str]:
                 "",
             ]
     return lines
+
+
+def _noise(view: RunView) -> str:
+    """How large a one-seed gain must be to stand out of noise, from this dev set's size and metric."""
+    error = view.standard_error()
+    if error is None:
+        return "with one seed, a small gain cannot be told from noise."
+    value, examples, how = error
+    return (
+        f"with one seed, a gain under about {200 * value:.1f} points (two standard errors of one model's dev "
+        f"{metric_name(view.metric)} on these {examples} examples, {how}) cannot be told from noise."
+    )
 
 
 def stage1_section(view: RunView) -> list[str]:
@@ -299,15 +320,23 @@ def fidelity_section(view: RunView) -> list[str]:
     return section("ONNX fidelity", [*columns, "check shapes (batch x seq: max diff)", "nodes"], rows, intro)
 
 
-def plots_section(layout: RunLayout) -> list[str]:
+def plots_section(layout: RunLayout, metric: str = "accuracy") -> list[str]:
     return [
         "## Plots",
         "",
-        plot_link(layout, "accuracy vs latency", SCATTER_FILE),
+        plot_link(layout, f"{metric_name(metric)} vs latency", SCATTER_FILE),
         "",
         plot_link(layout, "p50 latency per artifact", BARS_FILE),
         "",
     ]
+
+
+def budget_section(view: RunView) -> list[str]:
+    """The training budgets distill chose from the data, one bullet each (nothing when the config stated them)."""
+    if not view.budget_notes:
+        return []
+    intro = "Chosen by distill from the training data (docs/budget.md); the run's config.yaml records every value."
+    return ["## Training budgets", "", intro, "", *(f"- {note}" for note in view.budget_notes), ""]
 
 
 def report_lines(view: RunView, statistics: list[str]) -> list[str]:
@@ -317,6 +346,7 @@ def report_lines(view: RunView, statistics: list[str]) -> list[str]:
         *header(view),
         *([*warnings, ""] if warnings else []),
         *teacher_section(view),
+        *budget_section(view),
         *artifact_section(view),
         *latency_section(view),
         *replay_section(view),
@@ -326,5 +356,5 @@ def report_lines(view: RunView, statistics: list[str]) -> list[str]:
         *stage1_section(view),
         *fidelity_section(view),
         *deployment_section(view),
-        *plots_section(view.layout),
+        *plots_section(view.layout, view.metric),
     ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.bundle_records import Fidelity
 from distill.files import write_text
 from distill.layout import RECIPE_FILE, TEACHER, RunLayout
-from distill.records import BenchResults, Fidelity, StudentRecord, TeacherEval
+from distill.metrics import metric_name
+from distill.records import BenchResults, StudentRecord, TeacherEval
 from distill.report.markdown import section
-from distill.report.results import PRECISION_FILES, bundle_names, holds_model
+from distill.report.results import PRECISION_FILES, RunView, bundle_names, holds_model
 from distill.runtime import PREFERRED_MODEL_FILES, best_model_file
 
 
@@ -23,6 +25,18 @@ def _provenance(layout: RunLayout, name: str, metric: str) -> list[str]:
         return lines
     recipe = StudentRecord.load(layout.student(name) / RECIPE_FILE)
     return lines + [f"- {line}" for line in recipe.description] + [f"- Seed {recipe.seed}."]
+
+
+def _noise(layout: RunLayout, results: BenchResults) -> str:
+    """The caveat on one training run's noise, from this dev set's size and metric."""
+    error = RunView(layout, results).standard_error()
+    if error is None:
+        return "- One training run: small differences between models on the dev set are within noise."
+    value, examples, how = error
+    return (
+        f"- One training run: on these {examples} dev examples one model's {metric_name(results.metric)} has a "
+        f"standard error near {100 * value:.1f} points ({how}), so smaller differences between models are within noise."
+    )
 
 
 def model_card(run_dir: Path, name: str, results: BenchResults) -> str:
@@ -89,8 +103,7 @@ def model_card(run_dir: Path, name: str, results: BenchResults) -> str:
         f"{', '.join(PREFERRED_MODEL_FILES)}); only files that passed their fidelity budget are shipped.",
         f"- ONNX fp32 vs PyTorch: max |logit diff| {fidelity.max_abs_diff:.1e} on {fidelity.dev_examples} dev "
         "examples.",
-        "- One training run: on a dev split of about 900 examples one run's accuracy has a standard error near "
-        "1 point, so small differences between models are within noise.",
+        _noise(layout, results),
     ]
     for key, part in (("optimized", fidelity.optimized), ("int8", fidelity.int8)):
         if part is not None and part.reason:

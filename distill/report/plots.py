@@ -1,4 +1,4 @@
-"""The report's plots: accuracy against latency, latency bars, and TinyBERT's stage-1 losses; PNG via Agg."""
+"""The report's plots: the main metric against latency, latency bars, and TinyBERT's stage-1 losses; PNG via Agg."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from distill.files import atomic_write
+from distill.metrics import metric_name
 from distill.report.results import STAGE1_TERMS, RunView
 
 RUNTIME_COLOURS = {"pytorch": "tab:orange", "onnxruntime": "tab:blue"}
@@ -84,9 +85,10 @@ def plot_accuracy_vs_latency(view: RunView, path: Path) -> None:
     batch, seq = point if point else ("?", "?")
     scale = ", log scale" if axes.get_xscale() == "log" else ""
     axes.set_xlabel(f"p50 latency (ms), batch {batch}, seq {seq}{scale}")
-    axes.set_ylabel(f"dev {view.metric}")
+    axes.set_ylabel(f"dev {metric_name(view.metric)}")
     axes.margins(0.15)  # room for the largest bubbles and their labels
-    axes.set_title("Accuracy vs latency (bubble area ~ size on disk; star = teacher)")
+    title = metric_name(view.metric)
+    axes.set_title(f"{title[0].upper()}{title[1:]} vs latency (bubble area ~ size on disk; star = teacher)")
     axes.grid(True, alpha=0.3)
     save_figure(figure, path)
 

@@ -11,12 +11,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from distill.bundle_records import Fidelity
 from distill.errors import StageError
+from distill.files import read_json
 from distill.layout import EVAL_FILE, FIDELITY_FILE, RECIPE_FILE, STAGE1_DIR, TRAIN_LOG, RunLayout
+from distill.metrics import approximate_standard_error
 from distill.records import (
     ArtifactRow,
     BenchResults,
-    Fidelity,
     Record,
     Statistics,
     StudentEval,
@@ -94,6 +96,13 @@ class RunView:
         return self.results.p50(row, batch, seq)
 
     @cached_property
+    def budget_notes(self) -> list[str]:
+        """The budgets distill chose for this run's config (``manifest.json``'s ``budget``; empty when it chose none
+        or the run predates the rule)."""
+        manifest = self.layout.manifest
+        return list(read_json(manifest).get("budget", [])) if manifest.is_file() else []
+
+    @cached_property
     def teacher_eval(self) -> TeacherEval | None:
         return TeacherEval.load_optional(self.layout.teacher_eval)
 
@@ -111,6 +120,21 @@ class RunView:
     @cached_property
     def statistics(self) -> Statistics | None:
         return Statistics.load_optional(self.layout.statistics)
+
+    def standard_error(self) -> tuple[float, int, str] | None:
+        """One model's standard error in the main metric on this dev set, the number of dev examples, and how it was
+        had: bootstrapped from the teacher's dev predictions (``statistics.json``), else approximated from the
+        teacher's score (:func:`distill.metrics.approximate_standard_error`); None when the dev size is unknown."""
+        statistics, evaluation = self.statistics, self.teacher_eval
+        bootstrapped = statistics.teacher.get("standard_error", {}).get(self.metric) if statistics else None
+        if bootstrapped is not None:
+            return float(bootstrapped), statistics.dev_examples, "bootstrapped from the teacher's predictions"
+        examples = evaluation.dev_examples if evaluation is not None else None
+        value = self.teacher.metrics.get(self.metric)
+        if not examples or value is None:
+            return None
+        approximate = approximate_standard_error(self.metric, value, examples)
+        return approximate, examples, "approximated from the teacher's score"
 
     @cached_property
     def stage1_logs(self) -> dict[str, list[dict[str, Any]]]:

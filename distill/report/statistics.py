@@ -4,6 +4,8 @@
 - :func:`paired_bootstrap`: the difference of a metric between two systems (each possibly several seeds) on the
   same dev examples, with a percentile interval from resampling examples with replacement. Resampling the same
   indices for both systems keeps the pairing, which is what makes small real gains detectable.
+- :func:`bootstrap_interval`, :func:`bootstrap_standard_error`: one system's metric with its bootstrap interval, or
+  its standard error, over the examples (``distill evaluate``, and the teacher's in ``statistics.json``).
 - :func:`verdict`: the sentence a reader acts on.
 - :func:`run_statistics`: every student of a run over its seeds, against its label-only twin and the teacher,
   written to ``RUN/statistics.json`` (:class:`distill.records.Statistics`); :func:`statistics_section` is its
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,6 +144,50 @@ def paired_bootstrap(
     return Interval(float(observed), float(low), float(high), level)
 
 
+def _resampled_metric(
+    predictions: np.ndarray, labels: np.ndarray, metric: str, resamples: int, seed: int
+) -> np.ndarray:
+    """``metric`` of one system's ``predictions`` on ``resamples`` bootstrap resamples of the examples (NaN where
+    undefined, such as a correlation of a resample whose predictions are all equal)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape[0] != labels.shape[0] or labels.shape[0] == 0:
+        raise ValueError("a bootstrap needs as many predictions as labels, and at least one")
+    n, rng = labels.shape[0], np.random.default_rng(seed)
+    if metric == "accuracy":  # vectorised, as in paired_bootstrap
+        return (predictions == labels).astype(float)[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    function, values = METRICS[metric], np.empty(resamples)
+    with warnings.catch_warnings():  # undefined F1 and correlations of degenerate resamples: NaN or 0, never noise
+        warnings.simplefilter("ignore")
+        for r in range(resamples):
+            index = rng.integers(0, n, size=n)
+            values[r] = function(predictions[index], labels[index])
+    return values
+
+
+def bootstrap_interval(
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    metric: str = "accuracy",
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """``metric`` of one system's predictions ``(n,)`` against ``labels`` ``(n,)``, with the percentile interval of
+    its values on bootstrap resamples of the ``n`` examples."""
+    values = _resampled_metric(predictions, labels, metric, resamples, seed)
+    tail = (1 - level) / 2
+    low, high = np.nanquantile(values, [tail, 1 - tail])
+    return Interval(METRICS[metric](np.asarray(predictions), np.asarray(labels)), float(low), float(high), level)
+
+
+def bootstrap_standard_error(
+    predictions: np.ndarray, labels: np.ndarray, metric: str = "accuracy", resamples: int = 2000, seed: int = 0
+) -> float:
+    """The standard error of one system's ``metric`` on these examples: its standard deviation over bootstrap
+    resamples of them (for accuracy close to the binomial ``sqrt(p(1-p)/n)``)."""
+    return float(np.nanstd(_resampled_metric(predictions, labels, metric, resamples, seed), ddof=1))
+
+
 def _span(interval: Interval, scale: float) -> str:
     """``"95% interval +0.30 to +1.50"``, in the reported unit."""
     return f"{interval.level:.0%} interval {scale * interval.low:+.2f} to {scale * interval.high:+.2f}"
@@ -217,6 +264,7 @@ def run_statistics(
     directories = student_dirs(layout)
     predictions = {d.name: [_predictions(path) for path in seed_dirs(d)] for d in directories}
     teacher_metric = teacher_eval.metrics[metric]
+    teacher_error = bootstrap_standard_error(teacher_predictions[0], labels, metric, resamples, seed)
     students: dict[str, StudentStatistics] = {}
     for student_dir in directories:
         name = student_dir.name
@@ -249,7 +297,7 @@ def run_statistics(
         metric=metric,
         dev_examples=int(labels.shape[0]),
         bootstrap_resamples=resamples,
-        teacher={"metrics": teacher_eval.metrics},
+        teacher={"metrics": teacher_eval.metrics, "standard_error": {metric: teacher_error}},
         students=students,
         method=METHOD,
     )

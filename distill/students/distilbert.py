@@ -14,6 +14,7 @@ from distill.config import DistilBertStudentConfig
 from distill.data import TaskData, tokenize
 from distill.mapping import hidden_state_pairs
 from distill.objective import DistilBertObjective, LabelObjective, logits_only
+from distill.students.augmented import augmentation_sentence, augmented_words, training_rows
 from distill.students.base import Recipe, StudentContext, TrainedStudent, TrainingFacts, budget_words, examples
 from distill.students.init import initialisation_source
 from distill.students.truncate import build_distilbert_student
@@ -34,7 +35,9 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
 
     def plan(self, spec: DistilBertStudentConfig, data: TaskData) -> str:
         what = "training a label-only" if spec.objective == "labels" else "distilling a"
-        return f"{what} {spec.num_layers}-layer DistilBERT-style student on {examples(data)}, {budget(spec.training)}"
+        extra = augmented_words(spec.augmentation) if spec.objective == "distill" else ""
+        shape = f"{spec.num_layers}-layer DistilBERT-style student"
+        return f"{what} {shape} on {examples(data)}{extra}, {budget(spec.training)}"
 
     def eval_batch_size(self, spec: DistilBertStudentConfig) -> int:
         return spec.training.eval_batch_size
@@ -52,11 +55,12 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
         objective: Any = (
             LabelObjective() if spec.objective == "labels" else DistilBertObjective.from_spec(spec, layer_map)
         )
-        train_set = tokenize(data.train, context.tokenizer, config.data.max_length)
+        rows, known, augmentation, counts = training_rows(context, teacher, spec.augmentation)
+        train_set = tokenize(rows, context.tokenizer, config.data.max_length)
         teacher_logits: dict[str, Any] = {"teacher_logits": "none" if not objective.needs_teacher else "online"}
         if logits_only(objective):
             train_set, teacher_logits = with_teacher_logits(
-                train_set, teacher, context.teacher_dir, context.tokenizer, context.cache_dir
+                train_set, teacher, context.teacher_dir, context.tokenizer, context.cache_dir, known=known
             )
         result = train_model(
             student, train_set, context.validation, context.tokenizer, spec.training, context.student_dir,
@@ -73,8 +77,9 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
                 "weights": loss_weights(spec),
                 "convention": LOSS_CONVENTION,
             },
+            **({"augmentation": augmentation, "train_examples": len(train_set)} if augmentation else {}),
         }
-        return TrainedStudent(result, teacher, TrainingFacts(layer_map, origin), record)
+        return TrainedStudent(result, teacher, TrainingFacts(layer_map, origin, counts), record)
 
     def describe(self, spec: DistilBertStudentConfig, facts: TrainingFacts) -> list[str]:
         trained = (
@@ -82,8 +87,9 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
             if spec.objective == "labels"
             else f"loss weights {loss_weights(spec)}, temperature {spec.temperature} ({LOSS_CONVENTION})"
         )
-        return [
+        lines = [
             f"Recipe: DistilBERT-style, {spec.num_layers} layers from layers {facts.layer_map} of {facts.origin}; "
             f"{trained}.",
             f"Training: {budget_words(spec.training)}; best dev checkpoint kept.",
         ]
+        return lines + ([augmentation_sentence(facts.augmentation)] if facts.augmentation else [])

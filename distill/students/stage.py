@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from distill import distributed
 from distill.config import Config
@@ -40,6 +40,10 @@ def run_student_stage(
     (augmented training sets, teacher logits). In a data-parallel run every rank trains; rank 0 alone evaluates
     and writes, and every rank returns its ``eval.json`` record.
     """
+    from distill.budget import resolve_student
+
+    # the pipeline chose the budgets already; a stage run on its own chooses them as the pipeline would
+    config, spec = resolve_student(config, spec, data, AutoConfig.from_pretrained(teacher_dir))
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     context = StudentContext(config, spec, data, teacher_dir, student_dir, cache_dir, tokenizer, validation)

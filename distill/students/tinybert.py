@@ -26,8 +26,8 @@ from distill.files import atomic_dir
 from distill.layout import FINAL_DIR, STAGE1_DIR, STAGE2_DIR
 from distill.mapping import hidden_state_pairs
 from distill.objective import DistilBertObjective, IntermediateObjective, LabelObjective
-from distill.records import Augmentation
 from distill.students.attention import PROJECTIONS_FILE, SCORES_ATTENTION, ProjectedStudent
+from distill.students.augmented import augmentation_sentence, augmented_words, training_rows
 from distill.students.base import Recipe, StudentContext, TrainedStudent, TrainingFacts, budget_words, examples
 from distill.students.init import initialisation_source
 from distill.students.truncate import shrink_problem, student_config_for, truncate_teacher
@@ -121,7 +121,9 @@ def total_epochs(spec: TinyBertStudentConfig) -> float:
 
 
 def twin_training(spec: TinyBertStudentConfig) -> TrainingConfig:
-    """A label-only twin's training: stage 2's settings for both stages' epochs."""
+    """A label-only twin's training: ``twin_training``, else stage 2's settings for both stages' epochs."""
+    if spec.twin_training is not None:
+        return spec.twin_training
     return spec.prediction.training.model_copy(update={"epochs": total_epochs(spec)})
 
 
@@ -174,8 +176,6 @@ def train_tinybert(context: StudentContext) -> TrainedStudent:
     Stage 1 works in ``student_dir/stage1`` and ends by writing ``stage1/final``; stage 2 in ``student_dir/stage2``.
     A rerun skips a finished stage 1 and resumes an interrupted stage from its newest complete checkpoint.
     """
-    from distill.augment import augment_training_set
-
     config, spec, data, tokenizer = context.config, context.spec, context.data, context.tokenizer
     assert isinstance(spec, TinyBertStudentConfig)
     teacher = AutoModelForSequenceClassification.from_pretrained(
@@ -204,15 +204,10 @@ def train_tinybert(context: StudentContext) -> TrainedStudent:
         record["loss"] = {"labels": "cross-entropy" if not data.is_regression else "mse"}
         return TrainedStudent(result, teacher, facts, record)
 
-    train_data, known_logits = data.train, None
-    if spec.augmentation.enabled:
-        with distributed.main_process_first():  # rank 0 builds and caches the set; the others read the cache
-            train_data, augmentation, known_logits = augment_training_set(
-                data, teacher, context.teacher_dir, tokenizer, spec.augmentation, config.data.max_length,
-                config.seed, context.cache_dir,
-            )  # fmt: skip
+    train_data, known_logits, augmentation, counts = training_rows(context, teacher, spec.augmentation)
+    if augmentation is not None:
         record["augmentation"] = augmentation
-        facts = TrainingFacts(layer_map, origin, Augmentation.model_validate(augmentation))
+        facts = TrainingFacts(layer_map, origin, counts)
     train_set = tokenize(train_data, tokenizer, config.data.max_length)
     if spec.intermediate.enabled:
         student, record["intermediate"] = _intermediate_stage(context, teacher, student, train_set, layer_map)
@@ -246,12 +241,7 @@ class TinyBertRecipe(Recipe[TinyBertStudentConfig]):
         shape = f"{spec.num_layers}-layer, {spec.hidden_size}-wide TinyBERT-style student"
         if spec.objective == "labels":
             return f"training a label-only {shape} on {examples(data)}, {budget(twin_training(spec))}"
-        copies = spec.augmentation.copies
-        extra = (
-            f" plus up to {copies} augmented {'copy' if copies == 1 else 'copies'} of each"
-            if spec.augmentation.enabled
-            else ""
-        )
+        extra = augmented_words(spec.augmentation)
         stage1 = f"stage 1: {budget(spec.intermediate.training)}; " if spec.intermediate.enabled else ""
         return f"distilling a {shape} on {examples(data)}{extra}; {stage1}stage 2: {budget(spec.prediction.training)}"
 
@@ -289,9 +279,5 @@ class TinyBertRecipe(Recipe[TinyBertStudentConfig]):
             f"{stage2.temperature} (x{stage2.alpha_kd}) + CE (x{stage2.alpha_ce}); best dev checkpoint kept.",
         ]
         if facts.augmentation is not None:
-            aug = facts.augmentation
-            lines.append(
-                f"Augmented data: {aug.kept} copies kept of {aug.generated} generated "
-                f"({aug.dropped_disagreeing} dropped because the teacher labelled them differently)."
-            )
+            lines.append(augmentation_sentence(facts.augmentation))
         return lines
