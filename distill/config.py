@@ -247,9 +247,9 @@ class AugmentationConfig(Strict):
     """Training sets of at least this many rows are not augmented unless `enabled: true`."""
     copies: PositiveInt | None = None
     """New versions drawn for every training example. Unset: enough for about `target_rows` rows in all, at most 20
-    (2,490 rows: 20 copies; 5,749 rows: 8).
+    (2,490 rows: 13 copies; 5,749 rows: 6).
     """
-    target_rows: PositiveInt = 50000
+    target_rows: PositiveInt = 30000
     """With `copies` unset: the size the augmented training set aims at (the student's training time grows with it).
     """
     probability: Annotated[float, Field(gt=0, le=1)] = 0.4
@@ -311,9 +311,11 @@ class DistilBertStudentConfig(Strict):
     """
     alpha_ce: NonNegativeFloat = 0.5
     """Weight of the cross-entropy on hard labels (MSE for regression)."""
-    alpha_cos: NonNegativeFloat = 1.0
+    alpha_cos: NonNegativeFloat | None = None
     """Weight of the cosine term `1 - cos` between student and teacher hidden states, averaged over the embedding
-    output and every mapped layer (0: no hidden states needed, so cached teacher logits suffice).
+    output and every mapped layer (0: no hidden states needed, so cached teacher logits suffice). Unset: 1.0, or 0
+    when the student trains on augmented copies (the term needs the teacher run on every copy, about 1.7x the
+    student's training time; `docs/budget.md`).
     """
     augmentation: AugmentationConfig = AugmentationConfig()
     """TinyBERT-style word replacement of the training set, labelled by the teacher for logit distillation only (on by
@@ -328,7 +330,7 @@ class DistilBertStudentConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DistilBertStudentConfig:
-        if self.alpha_kd + self.alpha_ce + self.alpha_cos == 0:
+        if self.alpha_kd + self.alpha_ce + (1.0 if self.alpha_cos is None else self.alpha_cos) == 0:
             raise ValueError("at least one of alpha_kd, alpha_ce, alpha_cos must be positive")
         _check_student(self)
         return self

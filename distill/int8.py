@@ -194,7 +194,7 @@ class PreparedGraph:
             return
         if not self.calibration:
             raise ValueError("static INT8 needs calibration rows, and none were given")
-        cache = self.directory / "calibration.json"
+        cache = self.directory / f"calibration-{'-'.join(common['op_types_to_quantize'])}.json"  # ranges per op set
         cached = {}
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             cached = {"calibration_cache_path": str(cache)}  # calibrate once, then reuse for every exclusion set

@@ -1,10 +1,9 @@
-"""The run: its directory, its manifest and its data; the fingerprint rule; skip, resume and move aside.
+"""The run: its directory, its manifest and its data; skip, resume and move aside.
 
-A stage is skipped when ``manifest.json`` holds a complete entry for it with the same fingerprint and its outputs
-exist. The fingerprint rule (:data:`RULE`) hashes only the config values that differ from the schema's defaults,
-plus the rule's version, so a release that adds a config field with a default changes no fingerprint and recomputes
-nothing. A manifest written under an earlier rule is migrated when it is opened (:func:`migrate`), never recomputed.
-When a stage's inputs really changed, its previous outputs are moved to ``RUN/previous/``, not deleted.
+A stage is skipped when ``manifest.json`` holds a complete entry for it with the same fingerprint
+(:mod:`distill.fingerprints`) and its outputs exist. A manifest written under an earlier fingerprint rule is
+migrated when it is opened, never recomputed. When a stage's inputs really changed, its previous outputs are moved
+to ``RUN/previous/``, not deleted.
 
 A completed entry also records the size and a digest of every file of the stage's outputs (:func:`output_files`),
 so that a file cut short or changed after the stage finished (a truncated ``model.onnx``) is noticed by content on
@@ -25,21 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from distill import distributed, previous
-from distill.config import Config, config_from_dict, dump_config
+from distill.config import Config, dump_config
 from distill.data import TaskData, load_task_data
 from distill.env import environment
-from distill.errors import ConfigError, DistillError, StageError
-from distill.files import file_digest, fingerprint, read_json, write_json, write_text
-from distill.layout import CHECKPOINTS_DIR, TRAIN_LOG, TWIN_SUFFIX, RunLayout
-from distill.settings import settings
-
-RULE = 2
-"""The fingerprint rule's version. Rule 1 (distill up to c139548) hashed whole config sections, defaults included;
-rule 2 hashes the values that differ from the defaults, with this version."""
-
+from distill.errors import DistillError, StageError
+from distill.files import file_digest, read_json, write_json, write_text
+from distill.fingerprints import RULE, migrate, stage_fingerprints
+from distill.layout import CHECKPOINTS_DIR, TRAIN_LOG, RunLayout
 
 FULL_DIGEST_BYTES = 64 << 20
 """Files up to this size are hashed whole; larger ones (a teacher's weights) by their size and
@@ -100,104 +93,6 @@ def changed_output(root: Path, entry: dict[str, Any] | None) -> tuple[str, str] 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _stage_fingerprints(
-    version: int | None,
-    head: tuple[Any, ...],
-    seeds: list[int] | None,
-    default_seed: int,
-    students: Sequence[tuple[str, Any]],
-    export: Any,
-    bench: Any,
-) -> dict[str, str]:
-    """Every stage's fingerprint by manifest key, from one rule's view of the config sections.
-
-    ``head`` is what the teacher depends on (task, seed, data, teacher); ``students`` is ``(name, section)`` for
-    every trained student and twin. A student trained with several ``seeds`` has one entry per seed
-    (``student:NAME@SEED``) and one for the selection over them (``student:NAME``).
-    """
-
-    def digest(*parts: Any) -> str:
-        return fingerprint(*parts) if version is None else fingerprint(f"rule-{version}", *parts)
-
-    teacher = digest("teacher", *head)
-    keys = {"teacher": teacher}
-    each_seed = seeds if seeds else [default_seed]
-    finished = []
-    for name, spec in students:
-        if seeds is None:
-            keys[f"student:{name}"] = digest("student", teacher, spec)
-        else:
-            per_seed = [digest("student", teacher, spec, seed) for seed in each_seed]
-            if len(each_seed) > 1:
-                keys.update({f"student:{name}@{seed}": value for seed, value in zip(each_seed, per_seed, strict=True)})
-            keys[f"student:{name}"] = digest("seeds", per_seed)
-        finished.append(keys[f"student:{name}"])
-    keys["export"] = digest("export", teacher, finished, export)
-    keys["bench"] = digest("bench", keys["export"], bench)
-    keys["report"] = digest("report", keys["bench"])
-    return keys
-
-
-def stage_fingerprints(config: Config) -> dict[str, str]:
-    """Every stage's fingerprint under the current rule."""
-    return _stage_fingerprints(
-        RULE,
-        (config.task, config.seed, settings(config.data), settings(config.teacher, exclude={"min_margin"})),
-        config.seeds,
-        config.seed,
-        [(student.name, settings(student, exclude={"twin_training"})) for student in config.trained_students()],
-        settings(config.export),
-        settings(config.bench, exclude={"gates"}),
-    )
-
-
-def legacy_fingerprints(raw: dict[str, Any]) -> dict[str, str]:
-    """Every stage's fingerprint under rule 1, from the ``config.yaml`` such a run wrote (its full dump)."""
-    teacher = {k: v for k, v in raw["teacher"].items() if not (k == "seeds" and v is None)}
-    students = []
-    for spec in raw["students"]:
-        students.append((spec["name"], spec))
-        if spec.get("baseline"):
-            twin = {**spec, "name": spec["name"] + TWIN_SUFFIX, "objective": "labels", "baseline": False}
-            students.append((twin["name"], twin))
-    return _stage_fingerprints(
-        None,
-        (raw["task"], raw["seed"], raw["data"], teacher),
-        raw.get("seeds"),
-        raw["seed"],
-        students,
-        raw["export"],
-        {k: v for k, v in raw["bench"].items() if k != "gates"},
-    )
-
-
-def migrate(manifest: dict[str, Any], layout: RunLayout) -> list[str]:
-    """Bring a manifest written under an earlier fingerprint rule to :data:`RULE`, in place; returns the stages
-    whose fingerprints were carried over.
-
-    An entry is carried over when its fingerprint is what rule 1 gives for the run's own ``config.yaml``: it was
-    computed from that config, so it gets that config's fingerprint under the current rule. Any other entry keeps
-    its old fingerprint, which matches nothing now, so that stage is recomputed (its outputs moved aside).
-    """
-    if manifest.get("fingerprint_rule") == RULE:
-        return []
-    manifest["fingerprint_rule"] = RULE
-    if not layout.config.is_file() or not manifest.get("stages"):
-        return []
-    try:
-        raw = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
-        legacy = legacy_fingerprints(raw)
-        current = stage_fingerprints(config_from_dict(raw, str(layout.config)))
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ConfigError):
-        return []  # not a config distill wrote: nothing can be vouched for
-    carried = []
-    for key, entry in manifest["stages"].items():
-        if key in legacy and key in current and entry.get("fingerprint") == legacy[key]:
-            entry.update(fingerprint=current[key], migrated_from_rule=1)
-            carried.append(key)
-    return carried
 
 
 @dataclass

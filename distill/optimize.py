@@ -12,10 +12,11 @@ passes is shipped as ``model.int8.onnx``; every candidate is recorded in ``fidel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,16 +127,19 @@ def _error(spec: Int8Spec, err: Exception) -> Candidate:
     return Candidate(spec, Path(), {**_describe(spec), "passed": False, "shipped": False, "error": message})
 
 
+Prepare = Callable[[Path], PreparedGraph]
+"""A source graph prepared for quantisation, once per source (shape inference of a large graph takes seconds)."""
+
+
 def build_candidates(
-    specs: Sequence[Int8Spec], scratch: Path, pool: Pool, cfg: ExportConfig, calibration: Sequence[dict]
+    specs: Sequence[Int8Spec], scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare
 ) -> list[Candidate]:
     """Build and measure every spec; a spec that fails to build is recorded with its error."""
     candidates = []
     for index, spec in enumerate(specs):
         path = scratch / f"candidate-{index}.onnx"
         try:
-            with PreparedGraph(spec.source, cfg.int8, calibration) as prepared:
-                prepared.quantize(spec, path)
+            prepare(spec.source).quantize(spec, path)
             candidates.append(measure_candidate(spec, path, pool, cfg))
         except Exception as err:  # noqa: BLE001 - a failed candidate is recorded and the others still tried
             candidates.append(_error(spec, err))
@@ -159,25 +163,23 @@ def _search_target(candidates: list[Candidate]) -> Candidate | None:
 
 
 def _search(
-    target: Candidate, scratch: Path, pool: Pool, cfg: ExportConfig, calibration: Sequence[dict], num_layers: int
+    target: Candidate, scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare, num_layers: int
 ) -> tuple[Candidate | None, dict[str, Any]]:
     """Run the sensitivity search on ``target``; returns the candidate it found (measured) and its record."""
-    with PreparedGraph(target.spec.source, cfg.int8, calibration) as prepared:
-        search = sensitive_nodes(
-            prepared, target.spec, pool.rows, pool.reference, target.logits, num_layers, pool.threads
-        )
-        record = {
-            "searched": target.spec.label,
-            "trials": len(search.trials),
-            "rows": min(cfg.int8.sensitivity_examples, len(pool.rows)),
-            "excluded_nodes": list(search.excluded),
-            "passed_on_search_rows": search.passed,
-        }
-        if not search.passed or not search.excluded:
-            return None, record
-        spec = replace(target.spec, label=excluded_label(target.spec, search.excluded), exclude_nodes=search.excluded)
-        path = scratch / "candidate-sensitivity.onnx"
-        prepared.quantize(spec, path)
+    prepared = prepare(target.spec.source)
+    search = sensitive_nodes(prepared, target.spec, pool.rows, pool.reference, target.logits, num_layers, pool.threads)
+    record = {
+        "searched": target.spec.label,
+        "trials": len(search.trials),
+        "rows": min(cfg.int8.sensitivity_examples, len(pool.rows)),
+        "excluded_nodes": list(search.excluded),
+        "passed_on_search_rows": search.passed,
+    }
+    if not search.passed or not search.excluded:
+        return None, record
+    spec = replace(target.spec, label=excluded_label(target.spec, search.excluded), exclude_nodes=search.excluded)
+    path = scratch / "candidate-sensitivity.onnx"
+    prepared.quantize(spec, path)
     return measure_candidate(spec, path, pool, cfg), record
 
 
@@ -240,18 +242,24 @@ def optimize_bundle(
     graphs = {"fp32": fp32, **({"fp32-opt": optimized_path} if optimized_path else {})}
     pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads)
     candidates: list[Candidate] = []
-    with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir:
-        scratch = Path(scratch_dir)
+    with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir, contextlib.ExitStack() as stack:
+        scratch, prepared = Path(scratch_dir), {}
+
+        def prepare(source: Path) -> PreparedGraph:
+            if source not in prepared:
+                prepared[source] = stack.enter_context(PreparedGraph(source, cfg.int8, calibration))
+            return prepared[source]
+
         if cfg.int8.enabled:
             pool.reference = onnx_logits(create_session(fp32, threads), pool.rows, batch_size=1)
             specs = candidate_specs(cfg.int8, fp32, optimized_path)
-            candidates = build_candidates(specs, scratch, pool, cfg, calibration)
+            candidates = build_candidates(specs, scratch, pool, cfg, prepare)
         timed = _time(graphs, candidates, pool, cfg, seq)
         target = _search_target(candidates) if cfg.int8.enabled and cfg.int8.sensitivity else None
         if target is not None:
             try:
                 found, record["int8"]["sensitivity"] = _search(
-                    target, scratch, pool, cfg, calibration, model_config["num_hidden_layers"]
+                    target, scratch, pool, cfg, prepare, model_config["num_hidden_layers"]
                 )
             except Exception as err:  # noqa: BLE001 - the search is an extra; its failure is recorded
                 found, record["int8"]["sensitivity"] = None, {"searched": target.spec.label, "error": str(err)}

@@ -9,9 +9,8 @@ import torch
 from distill.budget import augmentation, choose, learning_rate, resolve, resolve_student
 from distill.config import AugmentationConfig, TrainingConfig, config_from_dict
 from distill.data import TaskData
+from distill.fingerprints import settings, stage_fingerprints
 from distill.losses import NO_LABEL, hard_label_loss
-from distill.manifest import stage_fingerprints
-from distill.settings import settings
 
 
 def task(rows: int, pair: bool = False, labels: list[str] | None = ("no", "yes")) -> TaskData:
@@ -34,13 +33,13 @@ def job(**student) -> dict:
 @pytest.mark.parametrize(
     ("rows", "role", "augmented", "epochs", "eval_steps"),
     [
-        (2490, "teacher", False, 13, 78),  # RTE: 78 steps an epoch, at least 1,000 steps
-        (4000, "teacher", False, 8, 100),
+        (2490, "teacher", False, 8, 63),  # RTE: 78 steps an epoch, at least 600 steps
+        (4000, "teacher", False, 5, 63),
         (16000, "teacher", False, 2, 100),  # large: the two-epoch floor, dev ten times
         (67349, "teacher", False, 2, 421),
         (100, "teacher", False, 20, 4),  # tiny: the 20-epoch cap
-        (2490, "student", False, 20, 78),  # a student gets at least 1,500 steps
-        (52290, "student", True, 1, 164),  # augmented: one pass can be enough
+        (2490, "student", False, 13, 78),  # a student gets at least 1,000 steps
+        (34860, "student", True, 1, 109),  # augmented: one pass can be enough
     ],
 )
 def test_length_and_evaluation_follow_the_training_set_size(rows, role, augmented, epochs, eval_steps):
@@ -62,15 +61,16 @@ def test_explicit_values_win_and_switch_off_early_stopping():
     steps_only, _ = choose(TrainingConfig(max_steps=500), 2490, 384, "teacher")
     assert steps_only.max_steps == 500 and steps_only.eval_steps is None and steps_only.patience is None
     stated, _ = choose(TrainingConfig(eval_steps=7, patience=0), 2490, 384, "teacher")
-    assert stated.eval_steps == 7 and stated.patience == 0 and stated.epochs == 13
+    assert stated.eval_steps == 7 and stated.patience == 0 and stated.epochs == 8
 
 
 @pytest.mark.parametrize(
     ("rows", "distilled", "given", "enabled", "copies"),
     [
-        (2490, True, {}, True, 20),
-        (5749, True, {}, True, 9),
-        (9999, True, {}, True, 6),
+        (2490, True, {}, True, 13),
+        (1000, True, {}, True, 20),  # at most 20 copies
+        (5749, True, {}, True, 6),
+        (9999, True, {}, True, 4),
         (10000, True, {}, False, 20),  # at max_rows: off, with rule 2's unused copies
         (2490, False, {}, False, 20),  # a label-only model never augments
         (2490, True, {"enabled": False}, False, 20),
@@ -87,13 +87,14 @@ def test_resolve_budgets_the_student_on_the_augmented_size_and_its_twin_on_the_o
     config = config_from_dict(job())
     resolved, notes = resolve(config, task(2490, pair=True), None)
     student, twin = resolved.trained_students()
-    assert student.augmentation.enabled and student.augmentation.copies == 20
-    assert student.training.epochs == 1  # 52,290 rows
-    assert twin.training.epochs == 20 and twin.objective == "labels"
-    assert resolved.teacher.training.epochs == 13
-    assert notes[0].startswith("teacher: 13 epochs") and "2,490 training pairs" in notes[0]
-    assert any("augmentation on (20 copies" in note for note in notes)
-    assert any(note.startswith("s-twin: 20 epochs") for note in notes)
+    assert student.augmentation.enabled and student.augmentation.copies == 13
+    assert student.training.epochs == 1  # 34,860 rows
+    assert student.alpha_cos == 0.0  # no hidden-state term on augmented rows: the teacher would run on each
+    assert twin.training.epochs == 13 and twin.objective == "labels"
+    assert resolved.teacher.training.epochs == 8
+    assert notes[0].startswith("teacher: 8 epochs") and "2,490 training pairs" in notes[0]
+    assert any("augmentation on (13 copies" in note for note in notes)
+    assert any(note.startswith("s-twin: 13 epochs") for note in notes)
     again, more = resolve(resolved, task(2490, pair=True), None)
     assert again == resolved and more == []  # resolving twice changes nothing
 
@@ -103,6 +104,7 @@ def test_a_stated_budget_is_kept_for_the_twin_too():
     resolved, _ = resolve(config, task(2490), None)
     student, twin = resolved.trained_students()
     assert student.training.epochs == twin.training.epochs == 2 and student.twin_training is None
+    assert student.alpha_cos == 1.0  # not augmented: the hidden-state term as before
 
 
 def test_a_stage_run_alone_chooses_what_the_pipeline_chooses():
@@ -118,7 +120,7 @@ def test_stating_rule_2_defaults_keeps_the_old_fingerprint_and_leaving_them_to_d
     stated = config_from_dict({**job(augmentation={"enabled": False}), "teacher": {"training": old_defaults}})
     assert settings(stated.teacher) == {}  # as rule 2 hashed a teacher left at its defaults
     chosen = resolve(config_from_dict(job(augmentation={"enabled": False})), task(2490), None)[0]
-    assert settings(chosen.teacher)["training"]["epochs"] == 13.0
+    assert settings(chosen.teacher)["training"]["epochs"] == 8.0
     assert stage_fingerprints(chosen)["teacher"] != stage_fingerprints(stated)["teacher"]
     # the twin's budget shapes the twin alone: the student's fingerprint does not hash it
     a = resolve(config_from_dict(job()), task(2490), None)[0]
@@ -126,6 +128,13 @@ def test_stating_rule_2_defaults_keeps_the_old_fingerprint_and_leaving_them_to_d
     b = a.model_copy(update={"students": [a.students[0].model_copy(update={"twin_training": twin})]})
     assert stage_fingerprints(a)["student:s"] == stage_fingerprints(b)["student:s"]
     assert stage_fingerprints(a)["student:s-twin"] != stage_fingerprints(b)["student:s-twin"]
+
+
+def test_a_twin_budget_given_in_part_is_completed_for_the_original_rows():
+    config = config_from_dict(job(twin_training={"precision": "bf16", "epochs": 4}))
+    twin = resolve(config, task(2490), None)[0].trained_students()[1]
+    assert twin.training.precision == "bf16" and twin.training.epochs == 4
+    assert twin.training.learning_rate == 5e-5  # the width is unknown here (no teacher config): as a 768-wide model
 
 
 def test_rows_without_a_hard_label_are_skipped_by_the_label_term():

@@ -14,18 +14,9 @@ import distill.manifest as manifest_module
 from distill.config import Config, TrainingConfig, config_from_dict
 from distill.errors import StageError, TeacherError
 from distill.files import read_json, write_json
+from distill.fingerprints import RULE, legacy_fingerprints, stage_fingerprints
 from distill.layout import RunLayout
-from distill.manifest import (
-    RULE,
-    StageResult,
-    changed_output,
-    legacy_fingerprints,
-    open_run,
-    output_files,
-    require,
-    run_stage,
-    stage_fingerprints,
-)
+from distill.manifest import StageResult, changed_output, open_run, output_files, require, run_stage
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_c139548"
 

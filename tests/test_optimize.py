@@ -176,13 +176,16 @@ def test_greedy_search_finds_the_smallest_set_that_passes():
     assert search_exclusions([["a"]], lambda excluded: Trial(excluded, 0, 0.0, True), 5).excluded == ()
 
 
-def test_sensitivity_search_finds_a_planted_sensitive_node(tmp_path):
-    """One feed-forward output MatMul gets an outlier row that multiplies an always-zero activation: harmless in
-    fp32, but its quantisation scale then rounds every other weight of that matrix to zero."""
+PLANTED = "/bert/encoder/layer.2/output/dense/MatMul"
+
+
+def planted_bundle(tmp_path: Path):
+    """A tiny regression BERT whose ``PLANTED`` MatMul gets an outlier row that multiplies an always-zero activation:
+    harmless in fp32, but its quantisation scale then rounds every other weight of that matrix to zero. Returns
+    the bundle, its tokenised dev rows and their labels."""
     import torch
     from transformers import BertForSequenceClassification
 
-    planted = "/bert/encoder/layer.2/output/dense/MatMul"
     model_dir = make_tiny_bert(tmp_path / "model", num_labels=1)  # regression: held to a score tolerance
     model = BertForSequenceClassification.from_pretrained(model_dir)
     with torch.no_grad():
@@ -194,19 +197,42 @@ def test_sensitivity_search_finds_a_planted_sensitive_node(tmp_path):
     data = tiny_task(tmp_path, 48)
     validation = tokenize(data.validation, AutoTokenizer.from_pretrained(model_dir), 32)
     export_onnx(model_dir, tmp_path / "bundle", ExportConfig(check_shapes=[(1, 16)]), validation)
-    rows = validation.select_columns(INPUTS).to_list()
-    fp32 = onnx_logits(create_session(tmp_path / "bundle" / "model.onnx", 1), rows, batch_size=1)
+    labels = np.asarray(data.validation["label"], dtype=np.float32)
+    return tmp_path / "bundle", validation.select_columns(INPUTS).to_list(), labels
+
+
+def test_sensitivity_search_finds_a_planted_sensitive_node(tmp_path):
+    bundle, rows, labels = planted_bundle(tmp_path)
+    fp32 = onnx_logits(create_session(bundle / "model.onnx", 1), rows, batch_size=1)
     cfg = Int8Config(max_score_change_p99=2e-3, sensitivity_max_trials=16)
-    spec = Int8Spec("dynamic", tmp_path / "bundle" / "model.onnx", static=False, per_channel=False)
+    spec = Int8Spec("dynamic", bundle / "model.onnx", static=False, per_channel=False)
     with PreparedGraph(spec.source, cfg) as prepared:
-        assert planted in prepared.quantisable_nodes(spec)
+        assert PLANTED in prepared.quantisable_nodes(spec)
         prepared.quantize(spec, tmp_path / "int8.onnx")
         int8 = onnx_logits(create_session(tmp_path / "int8.onnx", 1), rows, batch_size=1)
-        labels = np.asarray(data.validation["label"], dtype=np.float32)
         assert budget_failures(compare_outputs(fp32, int8, labels, ["pearson"]), cfg), "the plant breaks the budget"
         search = sensitive_nodes(prepared, spec, rows, fp32, int8, num_layers=4, threads=1)
-    assert search.passed and search.excluded == (planted,), search.trials
+    assert search.passed and search.excluded == (PLANTED,), search.trials
     assert len(search.trials) <= 16
+
+
+def test_export_ships_the_candidate_with_only_the_sensitive_node_in_fp32(tmp_path):
+    bundle, rows, labels = planted_bundle(tmp_path)
+    int8 = Int8Config(
+        mode="dynamic",
+        per_channel=False,
+        quantize_embeddings=False,
+        max_score_change_p99=2e-3,
+        sensitivity_max_trials=16,
+    )
+    cfg = EXPORT.model_copy(update={"optimize": False, "int8": int8})
+    record = optimize_bundle(bundle, cfg, rows, labels, ["pearson"], seq_length=16, threads=1)["int8"]
+    assert record["sensitivity"]["excluded_nodes"] == [PLANTED]
+    first, found = record["candidates"]
+    assert not first["passed"] and "p99 score change" in first["reason"] and not first["shipped"]
+    assert found["passed"] and found["shipped"] and found["excluded_nodes"] == [PLANTED]
+    assert found["setting"] == "dynamic per-tensor (plain), 1 node(s) kept in fp32"
+    assert record["kept"] and (bundle / INT8_FILE).is_file()
 
 
 def test_regression_budget_fails_on_a_planted_large_change():
