@@ -317,6 +317,14 @@ class DistilBertStudentConfig(Strict):
     when the student trains on augmented copies (the term needs the teacher run on every copy, about 1.7x the
     student's training time; `docs/budget.md`).
     """
+    hidden_loss: Literal["cosine", "mse"] = "cosine"
+    """How the hidden-state term (weight `alpha_cos`) compares student and teacher hidden states: `cosine` (`1 - cos`,
+    as DistilBERT) or `mse` (mean squared error per hidden unit, as TinyBERT without projections).
+    """
+    alpha_attention: NonNegativeFloat = 0.0
+    """Weight of an attention term: MSE between each student layer's attention probabilities and its mapped teacher
+    layer's, over heads and real (query, key) pairs (0: off). Needs the teacher online, as the hidden-state term does.
+    """
     augmentation: AugmentationConfig = AugmentationConfig()
     """TinyBERT-style word replacement of the training set, labelled by the teacher for logit distillation only (on by
     default below `augmentation.max_rows` training rows).

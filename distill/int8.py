@@ -128,6 +128,7 @@ class PreparedGraph:
     """
 
     def __init__(self, source: Path, cfg: Int8Config, calibration: Sequence[dict[str, list[int]]] = ()) -> None:
+        source = Path(source).resolve()  # before the scratch directory becomes the working directory
         self.source, self.cfg, self.calibration = source, cfg, calibration
         self._scratch = tempfile.TemporaryDirectory(prefix="distill-int8-")
         self.directory = Path(self._scratch.name)
@@ -138,11 +139,9 @@ class PreparedGraph:
         # inside the scratch directory; ONNX's own shape inference suffices for such graphs.
         with _working_directory(self.directory):
             try:
-                quant_pre_process(str(source.resolve()), str(self.path), skip_optimization=True)
+                quant_pre_process(str(source), str(self.path), skip_optimization=True)
             except Exception:  # noqa: BLE001 - symbolic shape inference raises many types
-                quant_pre_process(
-                    str(source.resolve()), str(self.path), skip_optimization=True, skip_symbolic_shape=True
-                )
+                quant_pre_process(str(source), str(self.path), skip_optimization=True, skip_symbolic_shape=True)
         graph = onnx.load(str(self.path), load_external_data=False).graph
         self.nodes = list(graph.node)
         self.initializers = {tensor.name for tensor in graph.initializer}

@@ -76,10 +76,12 @@ class MappedObjective(Objective):
 
 @dataclass
 class DistilBertObjective(MappedObjective):
-    """``alpha_kd * KD(teacher_T, student_T) + alpha_ce * CE(labels) + alpha_cos * hidden-state cosine``.
+    """``alpha_kd * KD(teacher_T, student_T) + alpha_ce * CE(labels) + alpha_cos * hidden + alpha_attention * att``.
 
-    The cosine term averages over the embedding output and every mapped layer (``layer_map[k]`` is the
-    teacher layer facing student layer ``k``). Terms whose weight is zero are not computed.
+    The hidden-state term (``hidden_loss``: cosine or MSE) averages over the embedding output and every mapped layer
+    (``layer_map[k]`` is the teacher layer facing student layer ``k``); the attention term is the MSE between mapped
+    layers' attention probabilities (same head count: the student has the teacher's width). Terms whose weight is
+    zero are not computed.
     """
 
     temperature: float = 2.0
@@ -87,11 +89,17 @@ class DistilBertObjective(MappedObjective):
     alpha_kd: float = 0.5
     alpha_ce: float = 0.5
     alpha_cos: float = 1.0
+    hidden_loss: str = "cosine"
+    alpha_attention: float = 0.0
 
     @classmethod
     def from_spec(cls, spec: DistilBertStudentConfig, layer_map: list[int]) -> DistilBertObjective:
-        """A DistilBERT-style student's loss: its temperature, logit term and three weights."""
-        return cls(layer_map, spec.temperature, spec.kd_loss, spec.alpha_kd, spec.alpha_ce, spec.alpha_cos)
+        """A DistilBERT-style student's loss: its temperature, logit term and weights (``alpha_cos`` chosen)."""
+        assert spec.alpha_cos is not None, "alpha_cos is chosen by distill.budget before training"
+        return cls(
+            layer_map, spec.temperature, spec.kd_loss, spec.alpha_kd, spec.alpha_ce, spec.alpha_cos,
+            spec.hidden_loss, spec.alpha_attention,
+        )  # fmt: skip
 
     @classmethod
     def from_stage(cls, stage: PredictionStageConfig, layer_map: list[int]) -> DistilBertObjective:
@@ -100,13 +108,17 @@ class DistilBertObjective(MappedObjective):
 
     @property
     def needs_teacher(self) -> bool:
-        """Only the logit and cosine terms read the teacher (cross-entropy alone trains without one)."""
-        return self.alpha_kd > 0 or self.alpha_cos > 0
+        """Only the logit, hidden-state and attention terms read the teacher (cross-entropy alone needs none)."""
+        return self.alpha_kd > 0 or self.alpha_cos > 0 or self.alpha_attention > 0
 
     @property
     def needs_hidden_states(self) -> bool:
-        """Only the cosine term compares hidden states; without it, cached teacher logits suffice."""
+        """Only the hidden-state term compares hidden states; without it (and attention), cached logits suffice."""
         return self.alpha_cos > 0
+
+    @property
+    def needs_attentions(self) -> bool:
+        return self.alpha_attention > 0
 
     def add_terms(self, terms: Terms, student: Outputs, teacher: Any, labels: Tensor, mask: Tensor) -> Tensor:
         regression = student.logits.shape[-1] == 1
@@ -120,10 +132,18 @@ class DistilBertObjective(MappedObjective):
             total = total + self.alpha_ce * terms["ce"]
         if self.alpha_cos > 0:
             assert student.hidden_states is not None and teacher.hidden_states is not None, "hidden states requested"
-            cosine = HIDDEN_LOSSES["cosine"]
-            per_layer = [cosine(student.hidden_states[s], teacher.hidden_states[t], mask) for s, t in self.hidden_pairs]
+            compare = HIDDEN_LOSSES[self.hidden_loss]
+            per_layer = [
+                compare(student.hidden_states[s], teacher.hidden_states[t], mask) for s, t in self.hidden_pairs
+            ]
             terms["cos"] = torch.stack(per_layer).mean()
             total = total + self.alpha_cos * terms["cos"]
+        if self.alpha_attention > 0:
+            assert student.attentions is not None and teacher.attentions is not None, "attentions requested"
+            per_layer = [attention_mse(student.attentions[k], teacher.attentions[t], mask)
+                         for k, t in enumerate(self.layer_map)]  # fmt: skip
+            terms["att"] = torch.stack(per_layer).mean()
+            total = total + self.alpha_attention * terms["att"]
         return total
 
 

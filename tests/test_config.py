@@ -45,7 +45,8 @@ def test_valid_dict_gets_defaults():
     assert [s.name for s in config.students] == ["s3"]
     student = config.students[0]
     assert (student.num_layers, student.layer_selection, student.kd_loss) == (3, "uniform", "kl")
-    assert (student.alpha_kd, student.alpha_ce, student.alpha_cos, student.temperature) == (0.5, 0.5, 1.0, 2.0)
+    assert (student.alpha_kd, student.alpha_ce, student.temperature) == (0.5, 0.5, 2.0)
+    assert student.alpha_cos is None  # chosen by distill.budget: 1.0, or 0 on augmented data
 
 
 def test_explicit_layer_selection_of_right_length_is_valid():

@@ -205,3 +205,30 @@ def test_labels_only_distilbert_objective_trains_without_a_teacher():
     assert not objective.needs_teacher
     total, terms = objective(student, None, labels, mask)
     assert set(terms) == {"ce"} and total.item() == pytest.approx(terms["ce"].item())
+
+
+def test_hidden_mse_and_attention_terms_are_chosen_by_name():
+    from distill.losses import attention_mse, hidden_mse
+
+    student, teacher, labels, mask = make_outputs()
+    generator = torch.Generator().manual_seed(5)
+    maps = [torch.rand(BATCH, 2, SEQ, SEQ, generator=generator) for _ in range(TEACHER_LAYERS + len(LAYER_MAP))]
+    student = SequenceClassifierOutput(
+        logits=student.logits, hidden_states=student.hidden_states, attentions=tuple(maps[: len(LAYER_MAP)])
+    )
+    teacher = SequenceClassifierOutput(
+        logits=teacher.logits, hidden_states=teacher.hidden_states, attentions=tuple(maps[len(LAYER_MAP) :])
+    )
+    objective = DistilBertObjective(
+        layer_map=LAYER_MAP, alpha_kd=0.0, alpha_ce=0.0, alpha_cos=1.0, hidden_loss="mse", alpha_attention=2.0
+    )
+    assert objective.needs_attentions and objective.needs_hidden_states
+    total, terms = objective(student, teacher, labels, mask)
+    hidden = torch.stack([hidden_mse(student.hidden_states[s], teacher.hidden_states[t], mask)
+                          for s, t in objective.hidden_pairs]).mean()  # fmt: skip
+    attention = torch.stack([attention_mse(student.attentions[k], teacher.attentions[t], mask)
+                             for k, t in enumerate(LAYER_MAP)]).mean()  # fmt: skip
+    assert terms["cos"].item() == pytest.approx(hidden.item(), rel=1e-6)
+    assert terms["att"].item() == pytest.approx(attention.item(), rel=1e-6)
+    assert total.item() == pytest.approx(hidden.item() + 2.0 * attention.item(), rel=1e-6)
+    assert not DistilBertObjective(layer_map=LAYER_MAP).needs_attentions  # off by default

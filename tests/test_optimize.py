@@ -436,3 +436,12 @@ def test_candidate_table_and_old_fidelity_records():
     assert len(rows) == 3 and all(len(row) == len(COLUMNS) for row in rows)
     assert rows[0][2] == "2.41% (1.90-3.00%), 70 of 2872" and rows[0][-1] == "over budget: 2.41% flips > 1.00%"
     assert rows[1][-1] == "**shipped**" and rows[2][-1] == "error: unsupported op"
+
+
+def test_a_graph_given_by_a_relative_path_is_prepared(tmp_path, monkeypatch, exported):
+    """The scratch directory becomes the working directory during pre-processing: a relative source path must have
+    been resolved before (a run directory given as ``runs/NAME`` once lost every INT8 candidate this way)."""
+    shutil.copy(exported[0] / "model.onnx", tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    with PreparedGraph(Path("model.onnx"), Int8Config()) as prepared:
+        assert prepared.nodes and prepared.source == tmp_path / "model.onnx"

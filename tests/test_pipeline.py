@@ -36,7 +36,8 @@ def write_config(tmp_path: Path, teacher_dir: Path, train: Path, dev: Path, **st
             "min_margin": 0.0,
             "training": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50},
         },
-        "students": [{"name": "s2", "num_layers": 2, "training": training}],
+        # augmentation off: this test follows the hidden-state term, which augmented data switches off
+        "students": [{"name": "s2", "num_layers": 2, "training": training, "augmentation": {"enabled": False}}],
         "bench": {"batch_sizes": [1], "seq_lengths": [16], "iterations": 5, "warmup": 1, "replay_batch_sizes": [8]},
     }
     path = tmp_path / "config.yaml"

@@ -105,10 +105,12 @@ def test_validate_reports_a_headerless_regression_task_by_position(tmp_path, tin
         cli, ["validate", str(job), *(f for o in overrides for f in ("--set", o))], standalone_mode=False
     )
     assert result.exception is None, result.exception
-    assert result.output.splitlines()[1:] == [
+    assert result.output.splitlines()[1:3] == [
         "data: 3 train rows, 3 dev rows; text pairs; regression; metrics: pearson, spearman",
         "labels: train 0.5 to 4.5 (mean 2.66667), dev 0.5 to 4.5 (mean 2.66667)",
     ]
+    budgets = result.output.splitlines()[3:]  # then the budgets distill would choose for these 3 pairs
+    assert budgets[0].startswith("budget: teacher: 20 epochs") and "3 training pairs" in budgets[0]
 
 
 def test_validate_lists_a_data_problem_with_the_others(tmp_path, sst2_like, tiny_bert_dir):

@@ -164,7 +164,7 @@ def test_distilbert_description_is_composed_from_the_spec_and_what_happened():
     from distill.students import RECIPES, TrainingFacts
 
     spec = DistilBertStudentConfig(
-        name="s", num_layers=2, baseline=True, training={"epochs": 3.0, "learning_rate": 1e-4}
+        name="s", num_layers=2, baseline=True, alpha_cos=1.0, training={"epochs": 3.0, "learning_rate": 1e-4}
     )
     facts = TrainingFacts([1, 3], "the fine-tuned teacher")
     recipe = RECIPES["distilbert"]

@@ -27,7 +27,8 @@ def loss_weights(spec: DistilBertStudentConfig) -> dict[str, float]:
     """The weight of each loss term, by the name the training log gives it."""
     if spec.objective == "labels":
         return {"ce": 1.0}
-    return {"kd": spec.alpha_kd, "ce": spec.alpha_ce, "cos": spec.alpha_cos}
+    weights = {"kd": spec.alpha_kd, "ce": spec.alpha_ce, "cos": spec.alpha_cos}
+    return weights | ({"att": spec.alpha_attention} if spec.alpha_attention else {})
 
 
 class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
@@ -52,6 +53,9 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
         student = build_distilbert_student(source, layer_map)
         del source
         teacher.to(distributed.local_device())  # labels the logit cache on the accelerator when there is one
+        if spec.objective == "distill" and spec.alpha_attention > 0:  # only eager attention returns the maps
+            teacher.set_attn_implementation("eager")
+            student.set_attn_implementation("eager")
         objective: Any = (
             LabelObjective() if spec.objective == "labels" else DistilBertObjective.from_spec(spec, layer_map)
         )
@@ -73,6 +77,7 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
             "hidden_state_pairs": hidden_state_pairs(layer_map),
             "loss": {
                 "kd": spec.kd_loss,
+                "hidden": spec.hidden_loss,
                 "temperature": spec.temperature,
                 "weights": loss_weights(spec),
                 "convention": LOSS_CONVENTION,
