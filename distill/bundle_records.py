@@ -61,6 +61,9 @@ class Int8Candidate(Int8Try):
     padding_max_abs_diff: float | None = None
     p50_ms: float | None = None
     size_bytes: int | None = None
+    qat: bool = False  # quantisation-aware fine-tuned weights: judged against the teacher, flips only reported
+    agreement_with_teacher: float | None = None  # dev, QAT candidates only
+    fp32_agreement_with_teacher: float | None = None
     shipped: bool = False
     reason: str | None = None
 
@@ -80,6 +83,7 @@ class Int8Fidelity(Variant):
     chosen_setting: str | None = None
     timing: dict[str, Any] = {}
     sensitivity: dict[str, Any] | None = None
+    qat: dict[str, Any] | None = None  # the quantisation-aware fine-tuning: its steps and model, or why it did not run
     over_budget: OverBudget | None = None
     size_bytes: int | None = None
     reason: str | None = None

@@ -561,6 +561,22 @@ class Int8Config(Strict):
     smallest margin."""
     sensitivity_max_trials: PositiveInt = 40
     """Most quantised graphs the sensitivity search builds and measures (its cost cap)."""
+    qat: Literal["auto", "on", "off"] = "auto"
+    """Quantisation-aware distillation of each distilled student (not the teacher or the twins): fine-tune it through
+    fake quantisation on the teacher's cached logits (`distill.qat`) and add its INT8 graphs to the candidates.
+    `auto`: only when the fastest post-training candidate breaks the budget and nothing within it comes within 10%
+    of its speed. A QAT candidate is judged against the teacher: dev metric drop at most `max_metric_drop` from the
+    fp32 student, and agreement with the teacher at most `qat_max_agreement_drop` below the fp32 student's.
+    """
+    qat_steps: PositiveInt = 500
+    """Optimiser steps of the quantisation-aware fine-tuning (the best of five dev evaluations is kept)."""
+    qat_learning_rate: PositiveFloat = 2e-5
+    """Peak learning rate of the quantisation-aware fine-tuning (linear decay after 10% warm-up)."""
+    qat_batch_size: PositiveInt = 32
+    """Batch size of the quantisation-aware fine-tuning."""
+    qat_max_agreement_drop: Annotated[float, Field(ge=0, le=1)] = 0.005
+    """Largest allowed drop of a QAT candidate's dev agreement with the teacher below the fp32 student's (0.005: half
+    a point; for regression, of the Pearson correlation with the teacher's scores)."""
 
 
 class ExportConfig(Strict):

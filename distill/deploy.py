@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 from transformers import AutoTokenizer
 
-from distill.config import Config
+from distill.config import Config, DistilBertStudentConfig, TinyBertStudentConfig
 from distill.data import TaskData, tokenize
 from distill.env import available_cores
 from distill.evaluate import MODEL_INPUTS
 from distill.export import export_onnx
 from distill.files import read_json, write_json
 from distill.layout import TEACHER, RunLayout
-from distill.optimize import optimize_bundle
+from distill.optimize import QatGraphs, optimize_bundle, optimize_graph
 from distill.runtime import TEXT_PAIR_KEY
 
 
@@ -41,6 +42,36 @@ def _training_rows(config: Config, data: TaskData, tokenizer: Any, columns: list
     return rows[: int8.calibration_examples], rows[int8.calibration_examples :]
 
 
+def qat_graphs(
+    config: Config,
+    data: TaskData,
+    layout: RunLayout,
+    spec: DistilBertStudentConfig | TinyBertStudentConfig,
+    validation: Any,
+    teacher_logits: np.ndarray,
+) -> QatGraphs:
+    """What builds a distilled student's quantisation-aware graphs: fine-tune it (:func:`distill.qat.finetune_qat`,
+    reused when done), export it like any model and fuse it like the fp32 graph."""
+
+    def build(scratch: Path) -> tuple[Path, Path | None]:
+        from distill.qat import finetune_qat
+
+        click.echo(f"[export] {spec.name}: quantisation-aware fine-tuning, {config.export.int8.qat_steps} steps")
+        layout_dir = layout.student(spec.name)
+        model_dir = finetune_qat(config, spec, data, layout_dir, layout.teacher, layout.cache)
+        bundle = scratch / "qat-bundle"
+        export_onnx(model_dir, bundle, config.export, validation, teacher_logits)
+        if not config.export.optimize:
+            return bundle / "model.onnx", None
+        model_config = read_json(bundle / "config.json")
+        fused = scratch / "qat.opt.onnx"
+        heads, hidden = model_config["num_attention_heads"], model_config["hidden_size"]
+        optimize_graph(bundle / "model.onnx", fused, heads, hidden)
+        return bundle / "model.onnx", fused
+
+    return build
+
+
 def export_models(config: Config, data: TaskData, layout: RunLayout, names: list[str]) -> dict[str, Any]:
     """Export each of ``names`` (the teacher and students) to ``layout.bundle(NAME)``, check it against PyTorch on
     the dev split, then add the optimised and INT8 graphs that keep within the fidelity budget.
@@ -60,6 +91,7 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
     labels = np.asarray(data.validation["label"])
     teacher_logits = np.load(layout.teacher_logits)
     summary = {}
+    distilled = {spec.name: spec for spec in config.students if spec.objective == "distill"}
     for name in names:
         bundle = layout.bundle(name)
         fidelity = export_onnx(layout.model(name), bundle, export, validation, teacher_logits)
@@ -76,6 +108,10 @@ def export_models(config: Config, data: TaskData, layout: RunLayout, names: list
             seq_length=seq_length,
             threads=threads,
             keep_over_budget=name == TEACHER,  # the no-distillation baseline is always benchmarked
+            teacher_dev=teacher_logits,
+            qat=qat_graphs(config, data, layout, distilled[name], validation, teacher_logits)
+            if name in distilled
+            else None,
         )
         summary[name] = {
             "max_abs_diff": fidelity["max_abs_diff"],

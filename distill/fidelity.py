@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from distill.config import Int8Config
-from distill.metrics import compute_metrics, predictions_from_logits
+from distill.metrics import agreement, compute_metrics, predictions_from_logits
 from distill.runtime import padded_feeds
 
 CONFIDENCE = 0.95
@@ -89,6 +89,36 @@ def budget_failures(check: dict[str, Any], cfg: Int8Config) -> list[str]:
         failures.append(
             f"{100 * check['flip_rate']:.2f}% flips (95% CI {100 * low:.2f}-{100 * high:.2f}%, "
             f"{check['prediction_flips']} of {check['examples']}) > {100 * cfg.max_flip_rate:.2f}%"
+        )
+    return failures
+
+
+def teacher_agreement(
+    teacher: np.ndarray, fp32: np.ndarray, candidate: np.ndarray, regression: bool
+) -> dict[str, float]:
+    """Dev agreement with the teacher of the fp32 graph and of a candidate (regression: Pearson correlation of the
+    scores), each ``(n_dev, num_labels)`` logits."""
+    teacher_predictions = predictions_from_logits(teacher)
+    return {
+        "agreement_with_teacher": agreement(predictions_from_logits(candidate), teacher_predictions, regression),
+        "fp32_agreement_with_teacher": agreement(predictions_from_logits(fp32), teacher_predictions, regression),
+    }
+
+
+def qat_failures(check: dict[str, Any], cfg: Int8Config) -> list[str]:
+    """Every way a quantisation-aware candidate breaks its budget. Its weights were trained again, so flips against
+    the fp32 student are reported, not judged: it must keep the fp32 student's dev metric (``max_metric_drop``) and
+    its agreement with the teacher (``qat_max_agreement_drop``); ``check`` holds :func:`teacher_agreement` too."""
+    failures = []
+    if check["metric_drop"] > cfg.max_metric_drop:
+        failures.append(
+            f"dev {check['metric']} drop {100 * check['metric_drop']:.2f} pt > {100 * cfg.max_metric_drop:.2f}"
+        )
+    mine, fp32 = check["agreement_with_teacher"], check["fp32_agreement_with_teacher"]
+    if fp32 - mine > cfg.qat_max_agreement_drop:
+        failures.append(
+            f"dev agreement with the teacher {mine:.4f} vs the fp32 student's {fp32:.4f}, "
+            f"{fp32 - mine:.4f} lower > {cfg.qat_max_agreement_drop:g}"
         )
     return failures
 

@@ -39,6 +39,8 @@ class Int8Spec:
         per_channel: weights quantised per output channel rather than per tensor.
         embeddings: the embedding tables (``Gather``) quantised too.
         exclude_nodes: names of nodes kept in fp32.
+        qat: quantises the student after quantisation-aware fine-tuning (:mod:`distill.qat`): other weights than
+            the fp32 graph's, so it is judged against the teacher rather than by flips.
     """
 
     label: str
@@ -47,6 +49,7 @@ class Int8Spec:
     per_channel: bool
     embeddings: bool = False
     exclude_nodes: tuple[str, ...] = ()
+    qat: bool = False
 
     def op_types(self, cfg: Int8Config) -> list[str]:
         ops = [*WEIGHT_OPS, *(EMBEDDING_OPS if self.embeddings else ())]
@@ -76,6 +79,21 @@ def candidate_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[In
         per_channel = cfg.per_channel is not False
         weights = "per-channel" if per_channel else "per-tensor"
         specs.append(Int8Spec(f"static QDQ {weights} (plain)", plain, True, per_channel))
+    return specs
+
+
+def qat_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[Int8Spec]:
+    """The candidates of a quantisation-aware fine-tuned student: weights per channel (the grid it trained on),
+    dynamic from its fused and plain graphs, its embeddings quantised too, and static QDQ, as ``cfg.mode`` allows."""
+    specs: list[Int8Spec] = []
+    if cfg.mode in ("all", "dynamic"):
+        for source, where in ((fused, "fused"), (plain, "plain")):
+            if source is not None:
+                specs.append(Int8Spec(f"QAT dynamic per-channel ({where})", source, False, True, qat=True))
+        if cfg.quantize_embeddings:
+            specs.append(Int8Spec("QAT dynamic per-channel + embeddings (plain)", plain, False, True, True, qat=True))
+    if cfg.mode in ("all", "static"):
+        specs.append(Int8Spec("QAT static QDQ per-channel (plain)", plain, True, True, qat=True))
     return specs
 
 

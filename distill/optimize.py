@@ -26,9 +26,16 @@ import numpy as np
 from distill.config import ExportConfig
 from distill.errors import ExportError
 from distill.export import op_counts
-from distill.fidelity import budget_failures, compare_outputs, padding_check, select_fastest
+from distill.fidelity import (
+    budget_failures,
+    compare_outputs,
+    padding_check,
+    qat_failures,
+    select_fastest,
+    teacher_agreement,
+)
 from distill.files import read_json, write_json
-from distill.int8 import Int8Spec, PreparedGraph, candidate_specs
+from distill.int8 import Int8Spec, PreparedGraph, candidate_specs, qat_specs
 from distill.layout import DEV_LOGITS_FILE, FIDELITY_FILE
 from distill.runtime import INT8_FILE, OPTIMIZED_FILE, OVER_BUDGET_INT8_FILE, create_session, onnx_logits
 from distill.sensitivity import excluded_label, sensitive_nodes
@@ -82,6 +89,7 @@ class Pool:
     metric_names: Sequence[str]
     reference: np.ndarray  # (len(rows), num_labels): the fp32 graph at batch 1
     threads: int | None
+    teacher: np.ndarray | None = None  # (len(dev_rows), num_labels): the teacher's dev logits, judging QAT candidates
 
 
 def measure_candidate(spec: Int8Spec, path: Path, pool: Pool, cfg: ExportConfig) -> Candidate:
@@ -89,7 +97,11 @@ def measure_candidate(spec: Int8Spec, path: Path, pool: Pool, cfg: ExportConfig)
     session = create_session(path, pool.threads)
     logits = onnx_logits(session, pool.rows, batch_size=1)  # the deployed batch
     check = compare_outputs(pool.reference, logits, pool.labels, pool.metric_names)
-    failures = budget_failures(check, cfg.int8)
+    if spec.qat:  # other weights than the fp32 graph's: held to the teacher, its flips only reported
+        assert pool.teacher is not None, "QAT candidates are judged against the teacher's dev logits"
+        dev, regression = len(pool.labels), logits.shape[-1] == 1
+        check.update(teacher_agreement(pool.teacher, pool.reference[:dev], logits[:dev], regression))
+    failures = qat_failures(check, cfg.int8) if spec.qat else budget_failures(check, cfg.int8)
     within_budget = not failures
     names = [node.name for node in session.get_inputs()]
     padding = padding_check(
@@ -119,6 +131,7 @@ def _describe(spec: Int8Spec) -> dict[str, Any]:
         "per_channel": spec.per_channel,
         "embeddings": spec.embeddings,
         "excluded_nodes": list(spec.exclude_nodes),
+        "qat": spec.qat,
     }
 
 
@@ -129,15 +142,34 @@ def _error(spec: Int8Spec, err: Exception) -> Candidate:
 
 Prepare = Callable[[Path], PreparedGraph]
 """A source graph prepared for quantisation, once per source (shape inference of a large graph takes seconds)."""
+QatGraphs = Callable[[Path], tuple[Path, Path | None]]
+"""Fine-tunes the student through fake quantisation and writes its fp32 graphs (plain, fused or None) under the
+given scratch directory (:func:`distill.deploy.qat_graphs`)."""
+QAT_SPEED_MARGIN = 1.1
+"""``qat: auto`` runs when nothing within budget comes within this factor of the fastest candidate's p50."""
+
+
+def wants_qat(mode: str, candidates: Sequence[Candidate]) -> bool:
+    """Whether quantisation-aware fine-tuning should add candidates: ``on``, or ``auto`` when the fastest post-training
+    candidate breaks the budget and the fastest one within it (if any) is more than 10% slower."""
+    if mode != "auto":
+        return mode == "on"
+    records = [c.record for c in candidates if c.record.get("p50_ms") is not None]
+    if not records:
+        return False
+    fastest = min(records, key=lambda record: record["p50_ms"])
+    chosen = select_fastest(records)
+    return chosen is None or records[chosen]["p50_ms"] > QAT_SPEED_MARGIN * fastest["p50_ms"]
 
 
 def build_candidates(
-    specs: Sequence[Int8Spec], scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare
+    specs: Sequence[Int8Spec], scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare, prefix: str = "ptq"
 ) -> list[Candidate]:
-    """Build and measure every spec; a spec that fails to build is recorded with its error."""
+    """Build and measure every spec into ``scratch/PREFIX-INDEX.onnx``; a spec that fails to build is recorded with
+    its error."""
     candidates = []
     for index, spec in enumerate(specs):
-        path = scratch / f"candidate-{index}.onnx"
+        path = scratch / f"{prefix}-{index}.onnx"
         try:
             prepare(spec.source).quantize(spec, path)
             candidates.append(measure_candidate(spec, path, pool, cfg))
@@ -214,6 +246,8 @@ def optimize_bundle(
     seq_length: int = 128,
     threads: int | None = None,
     keep_over_budget: bool = False,
+    teacher_dev: np.ndarray | None = None,
+    qat: QatGraphs | None = None,
 ) -> dict[str, Any]:
     """Add ``model.opt.onnx`` and ``model.int8.onnx`` to an exported bundle when they keep within budget and are
     faster than what they replace.
@@ -228,6 +262,8 @@ def optimize_bundle(
         threads: intra-op threads of those timings and measurements (``None``: ONNX Runtime's default).
         keep_over_budget: when no INT8 candidate passes, keep the fastest as ``model.int8.over-budget.onnx`` (for
             the teacher, so that the report shows what quantising it alone would give).
+        teacher_dev: ``(n_dev, num_labels)`` teacher dev logits; with ``qat``, judge the QAT candidates.
+        qat: builds the quantisation-aware fine-tuned graphs when :func:`wants_qat` (distilled students only).
     Returns:
         ``{"optimized": ..., "int8": ...}``, also merged into the bundle's ``fidelity.json``. Files that failed
         their budget are removed, so the bundle serves only models that passed.
@@ -240,7 +276,7 @@ def optimize_bundle(
     optimized_path = _optimize(bundle_dir, cfg, validation, labels, metric_names, model_config, record["optimized"])
     seq = min(seq_length, model_config.get("max_position_embeddings", seq_length))
     graphs = {"fp32": fp32, **({"fp32-opt": optimized_path} if optimized_path else {})}
-    pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads)
+    pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads, teacher_dev)
     candidates: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir, contextlib.ExitStack() as stack:
         scratch, prepared = Path(scratch_dir), {}
@@ -266,6 +302,9 @@ def optimize_bundle(
             if found is not None:
                 candidates.append(found)
                 timed = _time(graphs, candidates, pool, cfg, seq)  # every graph timed again, side by side
+        if cfg.int8.enabled and qat is not None and teacher_dev is not None and wants_qat(cfg.int8.qat, candidates):
+            record["int8"]["qat"] = _add_qat(qat, candidates, scratch, pool, cfg, prepare)
+            timed = _time(graphs, candidates, pool, cfg, seq)
         _choose_fp32(bundle_dir, timed, record["optimized"], seq)
         if cfg.int8.enabled:
             fastest_fp32 = min(timed.get("fp32", float("inf")), timed.get("fp32-opt", float("inf")))
@@ -277,6 +316,22 @@ def optimize_bundle(
     fidelity = read_json(bundle_dir / FIDELITY_FILE)
     write_json(bundle_dir / FIDELITY_FILE, {**fidelity, **record})
     return record
+
+
+def _add_qat(
+    qat: QatGraphs, candidates: list[Candidate], scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare
+) -> dict[str, Any]:
+    """Fine-tune through fake quantisation, then build and measure the QAT candidates into ``candidates``; returns
+    the record of the fine-tuning (or of the error that stopped it: the post-training candidates still stand)."""
+    int8 = cfg.int8
+    record: dict[str, Any] = {"steps": int8.qat_steps, "learning_rate": int8.qat_learning_rate}
+    try:
+        plain, fused = qat(scratch)
+    except Exception as err:  # noqa: BLE001 - an extra; the post-training candidates are still shipped
+        return {**record, "error": str(err).splitlines()[0] if str(err) else repr(err)}
+    specs = qat_specs(int8, plain, fused)
+    candidates.extend(build_candidates(specs, scratch, pool, cfg, prepare, prefix="qat"))
+    return {**record, "candidates": [spec.label for spec in specs]}
 
 
 def _optimize(

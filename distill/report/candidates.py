@@ -64,6 +64,23 @@ def candidate_rows(view: RunView) -> list[list[str]]:
     return rows
 
 
+def _qat_note(name: str, qat: dict, candidates: list[Int8Candidate]) -> str:
+    """How the quantisation-aware fine-tuning went, and what its candidates kept of the teacher."""
+    what = f"- `{name}`: quantisation-aware fine-tuning ({qat['steps']} steps, learning rate {qat['learning_rate']:g})"
+    if "error" in qat:
+        return f"{what} failed: {qat['error']}; only the post-training candidates were tried."
+    agreements = [
+        f"{c.setting} {c.agreement_with_teacher:.4f}" for c in candidates if c.agreement_with_teacher is not None
+    ]
+    fp32 = next((c.fp32_agreement_with_teacher for c in candidates if c.fp32_agreement_with_teacher is not None), None)
+    against = f" against the fp32 student's {fp32:.4f}" if fp32 is not None else ""
+    return (
+        f"{what}; its graphs have other weights than the fp32 student's, so they are judged by their dev metric and "
+        f"their dev agreement with the teacher ({'; '.join(agreements) or 'none measured'}){against}, and their "
+        "flips against the fp32 student are reported only."
+    )
+
+
 def candidate_notes(view: RunView) -> list[str]:
     """The sensitivity searches run, and each student's INT8 speed and accuracy against the teacher's INT8 graph."""
     notes = []
@@ -75,6 +92,9 @@ def candidate_notes(view: RunView) -> list[str]:
                 f"- `{name}`: sensitivity search on {search['searched']}: {search['trials']} graph(s) measured on "
                 f"{search['rows']} rows; nodes kept in fp32: {kept}."
             )
+        qat = record.int8.qat if record.int8 else None
+        if qat:
+            notes.append(_qat_note(name, qat, [c for c in record.int8.candidates if c.qat]))
     point = view.results.single_request_point()
     int8_rows = [row for row in view.artifacts if row.precision in ("int8", "int8-over-budget")]
     teacher = next((row for row in int8_rows if row.name == TEACHER), None)
