@@ -22,24 +22,37 @@ def latency_inputs(token_pool: np.ndarray, batch: int, seq: int, seed: int) -> d
 
 
 def interleaved_p50(
-    runners: Mapping[str, tuple[Runner, list[str]]], feeds: dict[str, np.ndarray], warmup: int, iterations: int
+    runners: Mapping[str, tuple[Runner, list[str]]],
+    feeds: dict[str, np.ndarray],
+    warmup: int,
+    iterations: int,
+    block: int = 10,
+    settle: int = 3,
 ) -> dict[str, float]:
     """Median milliseconds per call of each runner, timed in turns so that a busy moment hits all of them alike.
+
+    Each turn runs one runner ``block`` times and times all but the first ``settle`` calls: ONNX Runtime's worker
+    threads keep spinning for a while after a call, so a graph called right after another one runs beside the other's
+    spinning threads (measured on 2 cores: three times slower when the turns were single calls).
 
     Args:
         runners: ``{name: (run one batch, the input names it takes)}``.
         feeds: the batch, as :func:`latency_inputs` builds it; each runner gets the inputs it names.
         warmup: untimed calls of each runner first.
-        iterations: timed calls of each runner (round after round, one call of each per round).
+        iterations: timed calls of each runner (rounded up to whole turns).
+        block / settle: calls per turn, and how many of them go untimed.
     """
+    assert 0 <= settle < block, "a turn times at least one call"
     inputs = {name: {key: feeds[key] for key in names} for name, (_, names) in runners.items()}
     for name, (run, _) in runners.items():
         for _ in range(warmup):
             run(inputs[name])
     seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(iterations):
+    for _ in range(-(-iterations // (block - settle))):
         for name, (run, _) in runners.items():
-            tick = time.perf_counter()
-            run(inputs[name])
-            seconds[name].append(time.perf_counter() - tick)
+            for call in range(block):
+                tick = time.perf_counter()
+                run(inputs[name])
+                if call >= settle:
+                    seconds[name].append(time.perf_counter() - tick)
     return {name: float(np.median(values) * 1000.0) for name, values in seconds.items()}

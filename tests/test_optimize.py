@@ -445,3 +445,25 @@ def test_a_graph_given_by_a_relative_path_is_prepared(tmp_path, monkeypatch, exp
     monkeypatch.chdir(tmp_path)
     with PreparedGraph(Path("model.onnx"), Int8Config()) as prepared:
         assert prepared.nodes and prepared.source == tmp_path / "model.onnx"
+
+
+def test_interleaved_timing_runs_each_graph_in_turns_of_several_calls_and_times_the_settled_ones():
+    import time
+
+    from distill.timing import interleaved_p50, latency_inputs
+
+    calls: list[str] = []
+
+    def runner(name: str):
+        def run(feeds):
+            if calls and calls[-1] != name:
+                time.sleep(0.05)  # the first call after another graph's: slowed by its spinning threads
+            calls.append(name)
+
+        return run, ["input_ids"]
+
+    feeds = latency_inputs(np.arange(10, 20), 1, 4, seed=0)
+    p50 = interleaved_p50({"a": runner("a"), "b": runner("b")}, feeds, warmup=0, iterations=7, block=5, settle=2)
+    assert calls[:10] == ["a"] * 5 + ["b"] * 5, "one turn is a block of consecutive calls of one graph"
+    assert len(calls) == 2 * 5 * 3, "ceil(7 / 3) turns of each graph"
+    assert set(p50) == {"a", "b"} and max(p50.values()) < 25, "the slowed first call of each turn is not timed"
