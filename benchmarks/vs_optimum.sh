@@ -13,7 +13,7 @@ VENV=.venv-optimum
 if [ ! -x "$VENV/bin/optimum-cli" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet torch==2.13.0
-  "$VENV/bin/pip" install --quiet "optimum[onnxruntime]==1.27.0"
+  "$VENV/bin/pip" install --quiet "optimum-onnx[onnxruntime]==0.1.0"  # optimum 1.27 does not import with torch 2.13
 fi
 for NAME in teacher "$STUDENT"; do
   MODEL="$RUN_DIR/teacher"

@@ -561,12 +561,13 @@ class Int8Config(Strict):
     smallest margin."""
     sensitivity_max_trials: PositiveInt = 40
     """Most quantised graphs the sensitivity search builds and measures (its cost cap)."""
-    qat: Literal["auto", "on", "off"] = "auto"
+    qat: Literal["auto"] | bool = "auto"
     """Quantisation-aware distillation of each distilled student (not the teacher or the twins): fine-tune it through
-    fake quantisation on the teacher's cached logits (`distill.qat`) and add its INT8 graphs to the candidates.
-    `auto`: only when the fastest post-training candidate breaks the budget and nothing within it comes within 10%
-    of its speed. A QAT candidate is judged against the teacher: dev metric drop at most `max_metric_drop` from the
-    fp32 student, and agreement with the teacher at most `qat_max_agreement_drop` below the fp32 student's.
+    fake quantisation on the teacher's cached logits (`distill.qat`) and add its INT8 graphs to the candidates:
+    `true`, `false`, or `auto`: only when the fastest post-training candidate breaks the budget and nothing within
+    it comes within 10% of its speed. A QAT candidate is judged against the teacher: dev metric drop at most
+    `max_metric_drop` from the fp32 student, and agreement with the teacher at most `qat_max_agreement_drop` below
+    the fp32 student's.
     """
     qat_steps: PositiveInt = 500
     """Optimiser steps of the quantisation-aware fine-tuning (the best of five dev evaluations is kept)."""
@@ -601,8 +602,9 @@ class ExportConfig(Strict):
     """INT8 quantisation and its fidelity budget."""
     selection_warmup: NonNegativeInt = 3
     """Untimed runs of each graph before the export stage times the fp32 and INT8 candidates against each other."""
-    selection_iterations: PositiveInt = 20
-    """Timed runs of each graph (interleaved, batch 1) that decide which fp32 graph and which INT8 candidate ship."""
+    selection_iterations: PositiveInt = 60
+    """Timed runs of each graph (interleaved in turns, batch 1) that decide which fp32 graph and which INT8 candidate
+    ship (20 until 2026-12-05: a disturbed turn could then decide between graphs a few percent apart)."""
     selection_seq_length: PositiveInt | None = None
     """Sequence length of those timings; unset: the longest of `bench.seq_lengths` (capped at the model's limit)."""
 

@@ -29,6 +29,7 @@ from distill.config import (
     AugmentationConfig,
     Config,
     DistilBertStudentConfig,
+    ExportConfig,
     IntermediateStageConfig,
     PredictionStageConfig,
     TeacherConfig,
@@ -56,6 +57,7 @@ RULE2_DEFAULTS: dict[tuple[type[BaseModel], str], Any] = {
     (PredictionStageConfig, "training"): {"epochs": 3.0, "learning_rate": 5e-5},
     (TinyBertStudentConfig, "intermediate"): {"training": {"epochs": 2.0, "learning_rate": 5e-5}},
     (TinyBertStudentConfig, "prediction"): {"training": {"epochs": 3.0, "learning_rate": 5e-5}},
+    (ExportConfig, "selection_iterations"): 20,
 }
 """Defaults that changed after rule 2 was defined, as ``(class, field) -> value`` (for a nested section: the fields
 of its default that changed). Values here are what rule 2's schema had."""

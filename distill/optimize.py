@@ -149,11 +149,11 @@ QAT_SPEED_MARGIN = 1.1
 """``qat: auto`` runs when nothing within budget comes within this factor of the fastest candidate's p50."""
 
 
-def wants_qat(mode: str, candidates: Sequence[Candidate]) -> bool:
-    """Whether quantisation-aware fine-tuning should add candidates: ``on``, or ``auto`` when the fastest post-training
-    candidate breaks the budget and the fastest one within it (if any) is more than 10% slower."""
+def wants_qat(mode: str | bool, candidates: Sequence[Candidate]) -> bool:
+    """Whether quantisation-aware fine-tuning should add candidates: ``True``, or ``"auto"`` when the fastest
+    post-training candidate breaks the budget and the fastest one within it (if any) is more than 10% slower."""
     if mode != "auto":
-        return mode == "on"
+        return bool(mode)
     records = [c.record for c in candidates if c.record.get("p50_ms") is not None]
     if not records:
         return False

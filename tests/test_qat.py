@@ -159,7 +159,7 @@ def test_qat_runs_automatically_only_when_full_speed_int8_breaks_the_budget():
     assert not wants_qat("auto", [candidate(1.0, True), candidate(0.99, False)]), "within 10% of the fastest"
     assert not wants_qat("auto", [candidate(1.0, True)])
     assert not wants_qat("auto", []), "nothing was built"
-    assert wants_qat("on", [candidate(1.0, True)]) and not wants_qat("off", [fast_fails])
+    assert wants_qat(True, [candidate(1.0, True)]) and not wants_qat(False, [fast_fails])
 
 
 def test_qat_candidates_are_judged_by_metric_and_teacher_agreement_not_flips():
@@ -182,7 +182,7 @@ def test_qat_candidates_are_judged_by_metric_and_teacher_agreement_not_flips():
 def test_qat_candidates_join_the_post_training_ones_and_are_recorded(exported, tmp_path):  # noqa: F811
     bundle, rows, labels = exported
     bundle = fresh_copy(bundle, tmp_path)
-    int8 = Int8Config(qat="on", max_flip_rate=0.0, max_metric_drop=0.0, sensitivity=False, quantize_embeddings=False)
+    int8 = Int8Config(qat=True, max_flip_rate=0.0, max_metric_drop=0.0, sensitivity=False, quantize_embeddings=False)
     cfg = ExportConfig(**{**EXPORT.model_dump(), "int8": int8})
     dev_logits = np.load(bundle / "dev_logits.npy")
     built = []
@@ -213,7 +213,7 @@ def test_qat_candidates_join_the_post_training_ones_and_are_recorded(exported, t
     assert len(shipped) <= 1 and (bundle / INT8_FILE).is_file() == bool(shipped)
 
     quiet = fresh_copy(bundle, tmp_path / "off")
-    off = ExportConfig(**{**EXPORT.model_dump(), "int8": int8.model_copy(update={"qat": "off"})})
+    off = ExportConfig(**{**EXPORT.model_dump(), "int8": int8.model_copy(update={"qat": False})})
     built.clear()
     record = optimize_bundle(
         quiet, off, rows, labels, ["accuracy"], calibration=rows[:8], seq_length=16, threads=1,
