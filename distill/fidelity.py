@@ -169,3 +169,21 @@ def select_fastest(candidates: Sequence[dict[str, Any]]) -> int | None:
         if candidate.get("passed") and candidate.get("padding_passed") and candidate.get("p50_ms") is not None
     ]
     return min(eligible)[1] if eligible else None
+
+
+QAT_SPEED_MARGIN = 1.1
+"""``qat: auto`` runs when nothing within budget comes within this factor of the fastest candidate's p50."""
+
+
+def wants_qat(mode: str | bool, candidates: Sequence[dict[str, Any]]) -> bool:
+    """Whether quantisation-aware fine-tuning should add candidates: ``True``, or ``"auto"`` when the fastest
+    post-training candidate (records as :func:`select_fastest` takes them) breaks the budget and the fastest one
+    within it, if any, is more than 10% slower."""
+    if mode != "auto":
+        return bool(mode)
+    timed = [record for record in candidates if record.get("p50_ms") is not None]
+    if not timed:
+        return False
+    fastest = min(record["p50_ms"] for record in timed)
+    chosen = select_fastest(timed)
+    return chosen is None or timed[chosen]["p50_ms"] > QAT_SPEED_MARGIN * fastest

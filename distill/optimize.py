@@ -33,6 +33,7 @@ from distill.fidelity import (
     qat_failures,
     select_fastest,
     teacher_agreement,
+    wants_qat,
 )
 from distill.files import read_json, write_json
 from distill.int8 import Int8Spec, PreparedGraph, candidate_specs, qat_specs
@@ -145,21 +146,6 @@ Prepare = Callable[[Path], PreparedGraph]
 QatGraphs = Callable[[Path], tuple[Path, Path | None]]
 """Fine-tunes the student through fake quantisation and writes its fp32 graphs (plain, fused or None) under the
 given scratch directory (:func:`distill.deploy.qat_graphs`)."""
-QAT_SPEED_MARGIN = 1.1
-"""``qat: auto`` runs when nothing within budget comes within this factor of the fastest candidate's p50."""
-
-
-def wants_qat(mode: str | bool, candidates: Sequence[Candidate]) -> bool:
-    """Whether quantisation-aware fine-tuning should add candidates: ``True``, or ``"auto"`` when the fastest
-    post-training candidate breaks the budget and the fastest one within it (if any) is more than 10% slower."""
-    if mode != "auto":
-        return bool(mode)
-    records = [c.record for c in candidates if c.record.get("p50_ms") is not None]
-    if not records:
-        return False
-    fastest = min(records, key=lambda record: record["p50_ms"])
-    chosen = select_fastest(records)
-    return chosen is None or records[chosen]["p50_ms"] > QAT_SPEED_MARGIN * fastest["p50_ms"]
 
 
 def build_candidates(
@@ -302,7 +288,8 @@ def optimize_bundle(
             if found is not None:
                 candidates.append(found)
                 timed = _time(graphs, candidates, pool, cfg, seq)  # every graph timed again, side by side
-        if cfg.int8.enabled and qat is not None and teacher_dev is not None and wants_qat(cfg.int8.qat, candidates):
+        qat_wanted = cfg.int8.enabled and wants_qat(cfg.int8.qat, [c.record for c in candidates])
+        if qat_wanted and qat is not None and teacher_dev is not None:
             record["int8"]["qat"] = _add_qat(qat, candidates, scratch, pool, cfg, prepare)
             timed = _time(graphs, candidates, pool, cfg, seq)
         _choose_fp32(bundle_dir, timed, record["optimized"], seq)

@@ -15,13 +15,13 @@ from transformers import AutoModelForSequenceClassification
 
 from distill.config import Config, ExportConfig, Int8Config
 from distill.export import input_names, trace_to_onnx
-from distill.fidelity import qat_failures, teacher_agreement
+from distill.fidelity import qat_failures, teacher_agreement, wants_qat
 from distill.files import read_json
 from distill.int8 import Int8Spec, PreparedGraph
 from distill.layout import TRAIN_LOG
-from distill.optimize import INT8_FILE, optimize_bundle, wants_qat
+from distill.optimize import INT8_FILE, optimize_bundle
 from distill.qat import QAT_DIR, RECORD_FILE, QatLinear, finetune_qat, prepare_qat, strip_qat
-from distill.runtime import create_session, onnx_logits
+from distill.runtime import create_session
 from tests.conftest import make_tiny_bert, tiny_task
 from tests.test_optimize import EXPORT, exported, fresh_copy  # noqa: F401 - the module fixture is used here
 
@@ -145,11 +145,8 @@ def test_finetune_qat_trains_saves_a_plain_model_and_reuses_it(tmp_path, tiny_be
     assert read_json(model_dir / RECORD_FILE)["settings"]["steps"] == 2, "other settings: trained again"
 
 
-def candidate(p50: float, passed: bool) -> object:
-    class Candidate:
-        record = {"p50_ms": p50, "passed": passed, "padding_passed": True}
-
-    return Candidate()
+def candidate(p50: float, passed: bool) -> dict:
+    return {"p50_ms": p50, "passed": passed, "padding_passed": True}
 
 
 def test_qat_runs_automatically_only_when_full_speed_int8_breaks_the_budget():
