@@ -186,8 +186,8 @@ def quality_gate(
     answer = f" ({baseline.answer()})" if baseline is not None else ""
     return (
         f"the teacher's dev {main_metric} is {value:.4f}, not better than the trivial baseline's {floor:.4f}{answer} "
-        f"by the required margin {margin}; fine-tune it longer (teacher.training), use a better teacher, "
-        "or lower teacher.min_margin"
+        f"by the required margin {margin}; fine-tune it again with a lower teacher.training.learning_rate (a small "
+        "training set often needs 2e-5) or for longer, use a better teacher, or lower teacher.min_margin"
     )
 
 
