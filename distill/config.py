@@ -193,6 +193,12 @@ class TeacherConfig(Strict):
     that `seed: K` alone fine-tunes. The choice uses the dev set that also scores the students, so the teacher's dev
     score is slightly optimistic. Unset: one fine-tuning with the job's `seed`.
     """
+    learning_rates: Annotated[list[PositiveFloat], Field(min_length=1)] | None = None
+    """Learning-rate candidates: when distill fine-tunes the teacher, fine-tune it once per rate (and per seed) and
+    keep the best on dev; each candidate's score stays in `teacher/candidates/seed-K-lr-R/eval.json` and in the
+    report. Unset with `training.learning_rate` unset too: on a training set smaller than 10,000 rows distill tries
+    its rule's rate and a fifth of it (1e-4 and 2e-5 for a 384-wide teacher; docs/budget.md), one rate otherwise.
+    """
     training: TrainingConfig = TrainingConfig()
     """The teacher's fine-tuning budget (used only when distill fine-tunes it); unset values are chosen by distill."""
 
@@ -200,6 +206,23 @@ class TeacherConfig(Strict):
     @classmethod
     def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
         return _distinct(seeds)
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _distinct_rates(cls, rates: list[float] | None) -> list[float] | None:
+        if rates is not None and len(set(rates)) != len(rates):
+            raise ValueError(f"learning_rates {rates} repeats a rate")
+        return rates
+
+    @model_validator(mode="after")
+    def _one_rate_setting(self) -> TeacherConfig:
+        rate = self.training.learning_rate
+        if self.learning_rates and rate is not None and rate != self.learning_rates[0]:
+            raise ValueError(
+                f"teacher.learning_rates {self.learning_rates} and teacher.training.learning_rate {rate:g} are both "
+                "set; set one of them (with learning_rates, the training rate is the first candidate's)"
+            )
+        return self
 
 
 StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -710,6 +733,13 @@ class Config(Strict):
     def teacher_seeds(self) -> list[int]:
         """The seeds the teacher is fine-tuned with (the best on dev is kept): ``teacher.seeds``, or ``[seed]``."""
         return list(self.teacher.seeds) if self.teacher.seeds else [self.seed]
+
+    def teacher_candidates(self) -> list[tuple[int, float | None]]:
+        """``(seed, learning rate)`` of every teacher fine-tuning (the best on dev is kept): each seed of
+        :meth:`teacher_seeds` at each of ``teacher.learning_rates`` (None: the training section's one rate)."""
+        listed = self.teacher.learning_rates or []
+        rates: list[float | None] = list(listed) if len(listed) > 1 else [None]
+        return [(seed, rate) for seed in self.teacher_seeds() for rate in rates]
 
     def trained_students(self) -> list[DistilBertStudentConfig | TinyBertStudentConfig]:
         """Every student to train, each followed by its label-only twin when ``baseline`` is set."""

@@ -76,8 +76,8 @@ class RunLayout:
     results = _at("bench", RESULTS_FILE)
     evaluations = _at("evaluations")
 
-    def teacher_candidate(self, seed: int) -> Path:
-        return candidate_dir(self.teacher, seed)
+    def teacher_candidate(self, seed: int, learning_rate: float | None = None) -> Path:
+        return candidate_dir(self.teacher, seed, learning_rate)
 
     def student(self, name: str) -> Path:
         return self.students / name
@@ -103,9 +103,11 @@ class RunLayout:
         return self.bench / file_name
 
 
-def candidate_dir(teacher_dir: Path, seed: int) -> Path:
-    """Where the teacher fine-tuned with ``seed`` is kept when ``teacher.seeds`` lists several."""
-    return teacher_dir / "candidates" / f"seed-{seed}"
+def candidate_dir(teacher_dir: Path, seed: int, learning_rate: float | None = None) -> Path:
+    """Where the teacher fine-tuned with ``seed`` (at ``learning_rate``, when several rates are tried) is kept when
+    ``teacher.seeds`` or ``teacher.learning_rates`` list several."""
+    rate = "" if learning_rate is None else f"-lr-{learning_rate:g}"
+    return teacher_dir / "candidates" / f"seed-{seed}{rate}"
 
 
 def seed_dir(student_dir: Path, seed: int) -> Path:

@@ -61,15 +61,25 @@ class Record(BaseModel):
 # teacher/eval.json and its candidates
 class CandidateScore(Record):
     seed: int
+    learning_rate: float | None = None  # None: the one rate of the teacher's training section
     metrics: dict[str, float]
+
+    def words(self) -> str:
+        """``"seed 0"``, or ``"seed 0 at lr 2e-05"`` when several rates were tried."""
+        return f"seed {self.seed}" + ("" if self.learning_rate is None else f" at lr {self.learning_rate:g}")
 
 
 class Candidates(Record):
-    """The teacher fine-tuned once per seed: which one was kept, and every candidate's dev metrics."""
+    """The teacher fine-tuned once per seed (and per learning rate): which one was kept, and every candidate's dev
+    metrics."""
 
     chosen_seed: int
+    chosen_learning_rate: float | None = None
     selected_on: str = "validation"
     seeds: list[CandidateScore]
+
+    def chosen(self) -> CandidateScore:
+        return next(c for c in self.seeds if (c.seed, c.learning_rate) == (self.chosen_seed, self.chosen_learning_rate))
 
 
 class CandidateEval(CandidateScore):
@@ -107,7 +117,11 @@ class TeacherEval(Record):
 
     def summary(self) -> dict[str, Any]:
         """What the manifest keeps of it."""
-        chosen = {"chosen_seed": self.candidates.chosen_seed} if self.candidates else {}
+        chosen = {}
+        if self.candidates:
+            chosen = {"chosen_seed": self.candidates.chosen_seed}
+            if self.candidates.chosen_learning_rate is not None:
+                chosen["chosen_learning_rate"] = self.candidates.chosen_learning_rate
         return {"metrics": self.metrics, "finetuned_here": self.finetuned_here, **chosen}
 
     def trivial(self) -> TrivialBaseline | None:
@@ -123,7 +137,7 @@ class TeacherEval(Record):
         floor = trivial.metrics.get(self.main_metric) if trivial else None
         baseline = f" (trivial baseline {floor:.4f}, {trivial.answer()})" if floor is not None else ""
         seeds = self.candidates
-        chosen = f", best of {len(seeds.seeds)} seeds: seed {seeds.chosen_seed}" if seeds else ""
+        chosen = f", best of {len(seeds.seeds)} candidates: {seeds.chosen().words()}" if seeds else ""
         made = "fine-tuned here" if self.finetuned_here else "used as given"
         return f"dev {self.main_metric} {self.metrics[self.main_metric]:.4f}{baseline}, {made}{chosen}"
 

@@ -230,37 +230,48 @@ def _evaluate(model: PreTrainedModel, validation: Any, tokenizer: Any, data: Tas
 def _fine_tune_candidates(
     config: Config,
     data: TaskData,
-    fine_tune: Callable[[PreTrainedModel, Path, int], TrainResult],
+    fine_tune: Callable[[PreTrainedModel, Path, int, float | None], TrainResult],
     validation: Any,
     tokenizer: Any,
     teacher_dir: Path,
 ) -> list[CandidateEval]:
-    """Fine-tune one teacher per ``config.teacher_seeds()`` in ``teacher_dir/candidates/seed-K``; returns every
-    candidate's record (the weights stay in its folder).
+    """Fine-tune one teacher per ``config.teacher_candidates()`` (seed, learning rate) in
+    ``teacher_dir/candidates/seed-K`` (``seed-K-lr-R`` when several rates are tried); returns every candidate's
+    record (the weights stay in its folder).
 
-    Candidate K is the teacher a run with ``seed: K`` fine-tunes: its new classification head is initialised under
-    seed K too (:func:`_load_seeded`). A finished candidate (its ``eval.json`` and weights on disk) is not trained
-    again.
+    Candidate K is the teacher a run with ``seed: K`` (and that rate) fine-tunes: its new classification head is
+    initialised under seed K too (:func:`_load_seeded`). A finished candidate (its ``eval.json`` and weights on disk)
+    is not trained again.
     """
     settings = config.teacher
     records: list[CandidateEval] = []
-    for seed in config.teacher_seeds():
-        work_dir = candidate_dir(teacher_dir, seed)
+    for seed, rate in config.teacher_candidates():
+        work_dir = candidate_dir(teacher_dir, seed, rate)
         if not distributed.on_main(lambda work_dir=work_dir: _candidate_done(work_dir)):
-            result = fine_tune(_load_seeded(settings, data, seed).model, work_dir, seed)
+            result = fine_tune(_load_seeded(settings, data, seed).model, work_dir, seed, rate)
 
-            def save(result=result, work_dir=work_dir, seed=seed) -> None:
+            def save(result=result, work_dir=work_dir, seed=seed, rate=rate) -> None:
+                score = CandidateScore(seed=seed, learning_rate=rate, metrics={})
                 logits, metrics = _evaluate(
-                    result.model, validation, tokenizer, data, settings.training.eval_batch_size, f"teacher seed {seed}"
+                    result.model,
+                    validation,
+                    tokenizer,
+                    data,
+                    settings.training.eval_batch_size,
+                    f"teacher {score.words()}",
                 )
                 result.model.save_pretrained(work_dir)
                 save_array(work_dir / DEV_LOGITS_FILE, logits)
-                CandidateEval(seed=seed, metrics=metrics, history=result.history).save(work_dir / EVAL_FILE)
+                CandidateEval(seed=seed, learning_rate=rate, metrics=metrics, history=result.history).save(
+                    work_dir / EVAL_FILE
+                )
                 remove_checkpoints(work_dir)
 
             distributed.on_main(save)
         records.append(distributed.on_main(lambda work_dir=work_dir: CandidateEval.load(work_dir / EVAL_FILE)))
-        click.echo(f"[teacher] seed {seed}: dev {data.main_metric} {records[-1].metrics[data.main_metric]:.4f}")
+        click.echo(
+            f"[teacher] {records[-1].words()}: dev {data.main_metric} {records[-1].metrics[data.main_metric]:.4f}"
+        )
     return records
 
 
@@ -275,8 +286,14 @@ def plan(config: Config, data: TaskData) -> str:
     trained = settings.finetune != "always" and teacher is not None and is_classifier(teacher)
     if trained:
         return f"evaluating {settings.source} as given on {len(data.validation):,} dev {unit}"
-    seeds = config.teacher_seeds()
-    each = f", once per seed {seeds} (the best on dev kept)" if len(seeds) > 1 else ""
+    seeds, rates = config.teacher_seeds(), config.teacher.learning_rates or []
+    each = f", once per seed {seeds}" if len(seeds) > 1 else ""
+    each += (
+        f"{' and' if each else ', once'} per learning rate ({', '.join(f'{r:g}' for r in rates)})"
+        if len(rates) > 1
+        else ""
+    )
+    each += " (the best on dev kept)" if each else ""
     return f"fine-tuning {settings.source} on {len(data.train):,} training {unit}, {budget(settings.training)}{each}"
 
 
@@ -304,8 +321,11 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
             "set teacher.finetune: auto to fine-tune it on the task"
         )
     finetune = settings.finetune == "always" or not loaded.has_trained_head
-    if not finetune and len(seeds) > 1:
-        click.echo(f"note: teacher.seeds {seeds} unused: the teacher already has a trained head and is used as given")
+    if not finetune and len(config.teacher_candidates()) > 1:
+        click.echo(
+            "note: teacher.seeds and teacher.learning_rates unused: the teacher already has a trained head and is used "
+            "as given"
+        )
     tokenizer, model = loaded.tokenizer, loaded.model
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
     history: list[dict[str, Any]] = []
@@ -313,27 +333,34 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
     if finetune:
         train_set = tokenize(data.train, tokenizer, config.data.max_length)
 
-        def fine_tune(model: PreTrainedModel, work_dir: Path, seed: int) -> TrainResult:
+        def fine_tune(model: PreTrainedModel, work_dir: Path, seed: int, rate: float | None = None) -> TrainResult:
+            training = settings.training
+            if rate is not None:
+                training = training.model_copy(update={"learning_rate": rate})
             return train_model(
                 model,
                 train_set,
                 validation,
                 tokenizer,
-                settings.training,
+                training,
                 work_dir,
                 data.metrics,
                 seed,
                 LabelObjective(),
             )
 
-        if len(seeds) > 1:
+        if len(config.teacher_candidates()) > 1:
             del model, loaded.model  # each candidate loads its own copy
             records = _fine_tune_candidates(config, data, fine_tune, validation, tokenizer, teacher_dir)
             best = max(records, key=lambda record: record.metrics[data.main_metric])  # max keeps the first of equals
             model, history = None, best.history
             candidates = Candidates(
                 chosen_seed=best.seed,
-                seeds=[CandidateScore(seed=record.seed, metrics=record.metrics) for record in records],
+                chosen_learning_rate=best.learning_rate,
+                seeds=[
+                    CandidateScore(seed=record.seed, learning_rate=record.learning_rate, metrics=record.metrics)
+                    for record in records
+                ],
             )
         else:
             result = fine_tune(model, teacher_dir, seeds[0])
@@ -343,7 +370,8 @@ def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> Teac
         chosen = model
         if chosen is None:  # several candidates: the best one's weights are in its folder
             chosen = AutoModelForSequenceClassification.from_pretrained(
-                candidate_dir(teacher_dir, candidates.chosen_seed), use_safetensors=True
+                candidate_dir(teacher_dir, candidates.chosen_seed, candidates.chosen_learning_rate),
+                use_safetensors=True,
             )
         logits, metrics = _evaluate(chosen, validation, tokenizer, data, settings.training.eval_batch_size, "teacher")
         chosen.save_pretrained(teacher_dir)  # kept even when the gate refuses it: a rerun with another margin uses it

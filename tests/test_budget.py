@@ -5,9 +5,10 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
+from transformers import PretrainedConfig
 
 from distill.budget import augmentation, choose, learning_rate, resolve, resolve_student
-from distill.config import AugmentationConfig, TrainingConfig, config_from_dict
+from distill.config import AugmentationConfig, TeacherConfig, TrainingConfig, config_from_dict
 from distill.data import TaskData
 from distill.fingerprints import settings, stage_fingerprints
 from distill.losses import NO_LABEL, hard_label_loss
@@ -97,6 +98,37 @@ def test_resolve_budgets_the_student_on_the_augmented_size_and_its_twin_on_the_o
     assert any(note.startswith("s-twin: 13 epochs") for note in notes)
     again, more = resolve(resolved, task(2490, pair=True), None)
     assert again == resolved and more == []  # resolving twice changes nothing
+
+
+@pytest.mark.parametrize(
+    ("rows", "teacher", "rates", "training_rate"),
+    [
+        (2490, {}, [1e-4, 2e-5], 1e-4),  # small: the width's rate and a fifth of it
+        (9999, {}, [1e-4, 2e-5], 1e-4),
+        (10000, {}, None, 1e-4),  # large enough: one rate
+        (2490, {"training": {"learning_rate": 3e-5}}, None, 3e-5),  # a stated rate is the only one
+        (2490, {"learning_rates": [5e-5, 1e-5, 5e-6]}, [5e-5, 1e-5, 5e-6], 5e-5),  # stated candidates are kept
+        (2490, {"finetune": "never"}, None, 1e-4),  # nothing is fine-tuned
+    ],
+)
+def test_the_teacher_tries_two_learning_rates_on_small_sets(rows, teacher, rates, training_rate):
+    config = config_from_dict({**job(), "teacher": teacher})
+    resolved, notes = resolve(config, task(rows, pair=True), PretrainedConfig(hidden_size=384))
+    assert resolved.teacher.learning_rates == rates
+    assert resolved.teacher.training.learning_rate == training_rate
+    seeds = [(0, rate) for rate in rates] if rates else [(0, None)]
+    assert resolved.teacher_candidates() == seeds
+    chosen = "learning rates 0.0001 and 2e-05 tried, the better on dev kept"
+    assert any(chosen in note for note in notes) == (rates == [1e-4, 2e-5])
+    assert resolve(resolved, task(rows, pair=True), PretrainedConfig(hidden_size=384)) == (resolved, [])
+
+
+def test_teacher_learning_rates_conflicting_with_the_training_rate_are_refused():
+    with pytest.raises(ValueError, match="set one of them"):
+        TeacherConfig(learning_rates=[1e-4, 2e-5], training={"learning_rate": 3e-5})
+    with pytest.raises(ValueError, match="repeats a rate"):
+        TeacherConfig(learning_rates=[1e-4, 1e-4])
+    assert TeacherConfig(learning_rates=[1e-4, 2e-5], training={"learning_rate": 1e-4}).learning_rates == [1e-4, 2e-5]
 
 
 def test_a_stated_budget_is_kept_for_the_twin_too():

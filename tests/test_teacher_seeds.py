@@ -13,20 +13,29 @@ from distill.config import Config, TeacherConfig
 from distill.data import load_task_data
 from distill.files import read_json
 from distill.pipeline import Run
+from distill.records import Candidates, CandidateScore, TeacherEval
 from distill.teacher import run_teacher_stage
 from tests.conftest import write_sst2_like
 
 TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 1e-3, "save_steps": 50, "logging_steps": 50}
 
 
-def make_config(tmp_path, teacher_dir, seed: int = 0, teacher_seeds: list[int] | None = None) -> Config:
+def make_config(
+    tmp_path, teacher_dir, seed: int = 0, teacher_seeds: list[int] | None = None, **teacher: object
+) -> Config:
     train = write_sst2_like(tmp_path / "data" / "train.tsv", 400, seed=1)
     dev = write_sst2_like(tmp_path / "data" / "dev.tsv", 64, seed=2)
     return Config.model_validate(
         {
             "seed": seed,
             "data": {"train": str(train), "validation": str(dev), "max_length": 32},
-            "teacher": {"source": str(teacher_dir), "min_margin": 0.0, "seeds": teacher_seeds, "training": TRAINING},
+            "teacher": {
+                "source": str(teacher_dir),
+                "min_margin": 0.0,
+                "seeds": teacher_seeds,
+                "training": TRAINING,
+                **teacher,
+            },
             "students": [{"name": "s", "num_layers": 1}],
         }
     )
@@ -106,3 +115,51 @@ def test_an_interrupted_selection_resumes_without_retraining_finished_seeds(tmp_
     record = stage(config, teacher_dir)
     assert trained == [3, 4, 4]  # seed 3 was not trained again
     assert [c["seed"] for c in record["candidates"]["seeds"]] == [3, 4]
+
+
+def test_learning_rate_candidates_keep_the_better_rate_and_equal_a_run_at_that_rate(tmp_path, tiny_encoder_dir):
+    teacher_dir = tmp_path / "teacher"
+    rates = [1e-3, 1e-6]  # the second barely moves the new head: the first is better on dev
+    config = make_config(
+        tmp_path, tiny_encoder_dir, learning_rates=rates, training={**TRAINING, "learning_rate": rates[0]}
+    )
+    assert config.teacher_candidates() == [(0, 1e-3), (0, 1e-6)]
+    record = stage(config, teacher_dir)
+
+    candidates = record["candidates"]
+    scores = {c["learning_rate"]: c["metrics"]["accuracy"] for c in candidates["seeds"]}
+    assert list(scores) == rates and candidates["chosen_seed"] == 0
+    assert candidates["chosen_learning_rate"] == max(scores, key=scores.get)
+    assert record["metrics"]["accuracy"] == max(scores.values())
+    for rate in rates:
+        assert (teacher_dir / "candidates" / f"seed-0-lr-{rate:g}" / "eval.json").is_file()
+    chosen = teacher_dir / "candidates" / f"seed-0-lr-{candidates['chosen_learning_rate']:g}"
+    np.testing.assert_allclose(np.load(teacher_dir / "dev_logits.npy"), np.load(chosen / "dev_logits.npy"), atol=1e-5)
+
+    # the low-rate candidate is the teacher that a run at that rate alone fine-tunes
+    single_training = {**TRAINING, "learning_rate": rates[1]}
+    single = stage(make_config(tmp_path, tiny_encoder_dir, training=single_training), tmp_path / "single")
+    assert "candidates" not in single
+    np.testing.assert_allclose(
+        np.load(tmp_path / "single" / "dev_logits.npy"),
+        np.load(teacher_dir / "candidates" / "seed-0-lr-1e-06" / "dev_logits.npy"),
+        atol=1e-5,
+    )
+
+
+def test_the_record_names_the_chosen_seed_and_rate():
+    candidates = Candidates(
+        chosen_seed=0,
+        chosen_learning_rate=2e-5,
+        seeds=[
+            CandidateScore(seed=0, learning_rate=1e-4, metrics={"accuracy": 0.556}),
+            CandidateScore(seed=0, learning_rate=2e-5, metrics={"accuracy": 0.621}),
+        ],
+    )
+    record = TeacherEval(
+        source="t", finetuned_here=True, metrics={"accuracy": 0.621}, main_metric="accuracy", candidates=candidates
+    )
+    assert record.line().endswith("fine-tuned here, best of 2 candidates: seed 0 at lr 2e-05")
+    assert record.summary()["chosen_learning_rate"] == 2e-5
+    seeds_only = Candidates(chosen_seed=1, seeds=[CandidateScore(seed=s, metrics={"accuracy": 0.5}) for s in (0, 1)])
+    assert seeds_only.chosen().words() == "seed 1"

@@ -103,9 +103,10 @@ def teacher_section(view: RunView) -> list[str]:
     candidates = evaluation.candidates
     if candidates:
         main = evaluation.main_metric
-        each = ", ".join(f"seed {c.seed} {c.metrics[main]:.4f}" for c in candidates.seeds)
+        each = ", ".join(f"{c.words()} {c.metrics[main]:.4f}" for c in candidates.seeds)
+        per = "seed and learning rate" if candidates.chosen_learning_rate is not None else "seed"
         lines.append(
-            f"Fine-tuned once per seed ({each}); seed {candidates.chosen_seed} has the best dev {main} and is the "
+            f"Fine-tuned once per {per} ({each}); {candidates.chosen().words()} has the best dev {main} and is the "
             "teacher. It was chosen on the same dev set that scores every model here, so its dev score is slightly "
             "optimistic."
         )
