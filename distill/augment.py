@@ -175,15 +175,17 @@ def augment_training_set(
     max_length: int,
     seed: int,
     cache_dir: Path,
+    bf16: bool = False,
 ) -> tuple[datasets.Dataset, dict[str, Any], np.ndarray | None]:
     """The training split plus its kept augmented copies, a record of what was generated and dropped, and the
     teacher's logits on that set, row for row (None without ``filter_disagreeing``, which is what computes them).
 
     Cached in ``cache_dir/augment-KEY`` where KEY hashes the training rows, the teacher's weights, the settings
-    and the seed; a cache hit skips the work.
+    and the seed (and bf16, when the teacher labels the copies under bf16 autocast); a cache hit skips the work.
     """
     rows = _source_rows(data.train)
-    key = fingerprint("augment", rows, weights_digest(teacher_dir), cfg.model_dump(), seed, max_length)
+    precision = ["bf16"] if bf16 else []  # fp32 keys are those of earlier versions
+    key = fingerprint("augment", rows, weights_digest(teacher_dir), cfg.model_dump(), seed, max_length, *precision)
     target = cache_dir / f"augment-{key}"
     if (target / "record.json").is_file():
         record = read_json(target / "record.json")
@@ -217,13 +219,12 @@ def augment_training_set(
         # the originals' logits are the same for every seed and every student: the shared logit cache keeps them
         originals = tokenize(data.train, tokenizer, max_length)
         source_logits, _ = cached_logits(
-            cache_file(originals, teacher_dir, cache_dir),
-            lambda: teacher_pass(teacher, originals, tokenizer, cfg.batch_size),
+            cache_file(originals, teacher_dir, cache_dir, bf16),
+            lambda: teacher_pass(teacher, originals, tokenizer, cfg.batch_size, bf16=bf16),
         )
         new = datasets.Dataset.from_list(augmented, features=data.train.features)
-        new_logits = predict_logits(
-            teacher, tokenize(new, tokenizer, max_length), tokenizer, cfg.batch_size, desc="teacher on augmented"
-        )
+        new_set = tokenize(new, tokenizer, max_length)
+        new_logits = predict_logits(teacher, new_set, tokenizer, cfg.batch_size, desc="teacher on augmented", bf16=bf16)
         keep = new_logits.argmax(-1) == source_logits[np.asarray(sources)].argmax(-1)
         dropped = int((~keep).sum())
         augmented = [row for row, kept in zip(augmented, keep, strict=True) if kept]
@@ -238,6 +239,7 @@ def augment_training_set(
         if mlm is not None
         else "teacher word-embedding neighbours",
         "filter": "teacher label of copy == teacher label of source" if cfg.filter_disagreeing else "none",
+        "teacher_precision": "bf16" if bf16 else "fp32",
         "key": key,
     }
     table = datasets.Dataset.from_list(augmented, features=data.train.features) if augmented else data.train.select([])

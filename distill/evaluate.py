@@ -21,8 +21,10 @@ def predict_logits(
     tokenizer: PreTrainedTokenizerBase,
     batch_size: int = 64,
     desc: str | None = None,
+    bf16: bool = False,
 ) -> np.ndarray:
-    """Logits of ``model`` on every row of a tokenised ``dataset``, in the dataset's order.
+    """Logits of ``model`` on every row of a tokenised ``dataset``, in the dataset's order; under bf16 autocast
+    when ``bf16`` (the caller decides that the device supports it: :func:`distill.train.resolve_precision`).
 
     Returns:
         ``(n, num_labels)`` float32 array.
@@ -38,7 +40,8 @@ def predict_logits(
     for indices in tqdm(batches, desc=desc or "predicting", leave=False, disable=desc is None):
         batch = collator([rows[i] for i in indices])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits[indices] = model(**batch).logits.float().cpu().numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits[indices] = model(**batch).logits.float().cpu().numpy()
     return logits
 
 

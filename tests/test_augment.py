@@ -109,6 +109,13 @@ def test_filter_drops_copies_the_teacher_labels_differently_and_the_cache_is_reu
     changed = cfg.model_copy(update={"copies": 2})
     _, other, _ = augment_training_set(data, teacher, teacher_dir, tokenizer, changed, 32, 0, tmp_path / "cache")
     assert other["cache"] == "miss" and other["key"] != record["key"]
+    # copies labelled by the teacher under bf16 autocast (a bf16 student's) are kept apart from fp32 labels
+    _, low, low_logits = augment_training_set(
+        data, teacher, teacher_dir, tokenizer, cfg, 32, 0, tmp_path / "cache", bf16=True
+    )
+    assert low["cache"] == "miss" and low["key"] != record["key"] and low["teacher_precision"] == "bf16"
+    assert record["teacher_precision"] == "fp32"
+    assert low_logits.shape[1] == logits.shape[1] and not np.array_equal(low_logits[: len(data.train)], logits[:24])
 
 
 def test_the_filter_runs_the_teacher_on_the_originals_once_for_every_seed(

@@ -94,3 +94,18 @@ def test_training_reads_cached_logits_instead_of_running_the_teacher(tmp_path, t
     )
     assert calls == [], "the teacher never ran during training"
     assert any("loss_kd" in row for row in result.history)
+
+
+def test_bf16_logits_are_kept_under_their_own_key_and_stay_close_to_fp32(tmp_path, teachers):
+    teacher, tokenizer = load(teachers[0])
+    train = tokenize(tiny_task(tmp_path / "d", 8, 40).train, tokenizer, 32)
+    cache = tmp_path / "cache"
+    fp32, plain = with_teacher_logits(train, teacher, teachers[0], tokenizer, cache)
+    bf16, low = with_teacher_logits(train, teacher, teachers[0], tokenizer, cache, bf16=True)
+    assert low["cache"] == "miss" and low["precision"] == "bf16" and plain["precision"] == "fp32"
+    assert low["cache_file"] != plain["cache_file"]  # an fp32 run never reads bf16 logits, nor the reverse
+    fp32, bf16 = np.asarray(fp32[TEACHER_LOGITS]), np.asarray(bf16[TEACHER_LOGITS])
+    assert not np.array_equal(fp32, bf16)  # autocast ran: bf16 rounds the matmuls
+    assert np.abs(fp32 - bf16).max() < 0.05
+    again = with_teacher_logits(train, teacher, teachers[0], tokenizer, cache, bf16=True)[1]
+    assert again["cache"] == "hit" and again["cache_file"] == low["cache_file"]

@@ -27,7 +27,7 @@ def training_rows(
     with distributed.main_process_first():  # rank 0 builds and caches the set; the others read the cache
         rows, record, logits = augment_training_set(
             context.data, teacher, context.teacher_dir, context.tokenizer, augmentation,
-            context.config.data.max_length, context.config.seed, context.cache_dir,
+            context.config.data.max_length, context.config.seed, context.cache_dir, context.teacher_bf16,
         )  # fmt: skip
     return rows, logits, record, Augmentation.model_validate(record)
 

@@ -41,6 +41,9 @@ class StudentContext:
     cache_dir: Path
     tokenizer: PreTrainedTokenizerBase
     validation: Dataset
+    teacher_bf16: bool = False
+    """Whether the teacher labels training rows (the logit cache, augmented copies) under bf16 autocast: when the
+    student's last training stage runs in bf16 on a device that has it."""
 
 
 @dataclass(frozen=True)

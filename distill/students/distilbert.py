@@ -64,7 +64,13 @@ class DistilBertRecipe(Recipe[DistilBertStudentConfig]):
         teacher_logits: dict[str, Any] = {"teacher_logits": "none" if not objective.needs_teacher else "online"}
         if logits_only(objective):
             train_set, teacher_logits = with_teacher_logits(
-                train_set, teacher, context.teacher_dir, context.tokenizer, context.cache_dir, known=known
+                train_set,
+                teacher,
+                context.teacher_dir,
+                context.tokenizer,
+                context.cache_dir,
+                known=known,
+                bf16=context.teacher_bf16,
             )
         result = train_model(
             student, train_set, context.validation, context.tokenizer, spec.training, context.student_dir,

@@ -19,7 +19,7 @@ from distill.metrics import agreement, predictions_from_logits
 from distill.records import StudentEval, StudentRecord
 from distill.students.base import Recipe, StudentContext, StudentSpec, TrainedStudent
 from distill.students.registry import recipe_for
-from distill.train import remove_checkpoints
+from distill.train import remove_checkpoints, resolve_precision
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -46,7 +46,11 @@ def run_student_stage(
     config, spec = resolve_student(config, spec, data, AutoConfig.from_pretrained(teacher_dir))
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     validation = tokenize(data.validation, tokenizer, config.data.max_length)
-    context = StudentContext(config, spec, data, teacher_dir, student_dir, cache_dir, tokenizer, validation)
+    last_stage = list(spec.trainings().values())[-1]
+    teacher_bf16 = resolve_precision(last_stage.precision)[0]
+    context = StudentContext(
+        config, spec, data, teacher_dir, student_dir, cache_dir, tokenizer, validation, teacher_bf16
+    )
     recipe = recipe_for(spec)
     trained = recipe.train(context)
     return distributed.on_main(lambda: _evaluate_and_save(context, recipe, trained))

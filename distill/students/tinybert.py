@@ -213,7 +213,13 @@ def train_tinybert(context: StudentContext) -> TrainedStudent:
         student, record["intermediate"] = _intermediate_stage(context, teacher, student, train_set, layer_map)
     stage = spec.prediction
     stage_set, record["stage2_teacher_logits"] = with_teacher_logits(
-        train_set, teacher, context.teacher_dir, tokenizer, context.cache_dir, known=known_logits
+        train_set,
+        teacher,
+        context.teacher_dir,
+        tokenizer,
+        context.cache_dir,
+        known=known_logits,
+        bf16=context.teacher_bf16,
     )
     result = train_model(
         student, stage_set, context.validation, tokenizer, stage.training, context.student_dir / STAGE2_DIR,
