@@ -5,9 +5,10 @@ but its logits on each training example, and the teacher is frozen and run in ev
 every epoch and for every student. They are computed once, in length-sorted batches, saved as
 ``RUN/cache/teacher-logits-KEY.npy`` and attached to the training set as a column; a change of teacher weights,
 data, tokenizer or ``max_length`` changes the key. A student trained in bf16 has them computed under bf16 autocast
-too (2.6x faster on an AMX CPU, logits within 1e-3 of fp32's), kept under their own key. Intermediate-layer objectives (DistilBERT's cosine term,
-TinyBERT's stage 1) need the teacher's hidden states and attention maps, which are too large to store for every
-example (for SST-2 and MiniLM-L6, about 67k x 7 x seq x 384 floats), so they run the teacher online.
+too (2.6x faster on an AMX CPU, logits within 1e-3 of fp32's), kept under their own key. Intermediate-layer
+objectives (DistilBERT's cosine term, TinyBERT's stage 1) need the teacher's hidden states and attention maps, which
+are too large to store for every example (for SST-2 and MiniLM-L6, about 67k x 7 x seq x 384 floats), so they run
+the teacher online.
 In a data-parallel run the ranks compute the logits in parallel, each a contiguous share of the training set.
 A cache file that does not load (cut short by a full disk, say) is removed and rebuilt, with one line saying so.
 """
