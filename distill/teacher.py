@@ -287,14 +287,13 @@ def plan(config: Config, data: TaskData) -> str:
     if trained:
         return f"evaluating {settings.source} as given on {len(data.validation):,} dev {unit}"
     seeds, rates = config.teacher_seeds(), config.teacher.learning_rates or []
-    each = f", once per seed {seeds}" if len(seeds) > 1 else ""
-    each += (
-        f"{' and' if each else ', once'} per learning rate ({', '.join(f'{r:g}' for r in rates)})"
-        if len(rates) > 1
-        else ""
-    )
-    each += " (the best on dev kept)" if each else ""
-    return f"fine-tuning {settings.source} on {len(data.train):,} training {unit}, {budget(settings.training)}{each}"
+    words = budget(settings.training)
+    each = [f"seeds {seeds}"] if len(seeds) > 1 else []
+    if len(rates) > 1:
+        words = words.rsplit(", learning rate", 1)[0]
+        each.append(f"learning rates {', '.join(f'{rate:g}' for rate in rates)}")
+    tried = f", once per {' and '.join(each)} (the best on dev kept)" if each else ""
+    return f"fine-tuning {settings.source} on {len(data.train):,} training {unit}, {words}{tried}"
 
 
 def run_teacher_stage(config: Config, data: TaskData, teacher_dir: Path) -> TeacherEval:

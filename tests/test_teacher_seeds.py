@@ -163,3 +163,16 @@ def test_the_record_names_the_chosen_seed_and_rate():
     assert record.summary()["chosen_learning_rate"] == 2e-5
     seeds_only = Candidates(chosen_seed=1, seeds=[CandidateScore(seed=s, metrics={"accuracy": 0.5}) for s in (0, 1)])
     assert seeds_only.chosen().words() == "seed 1"
+
+
+def test_the_plan_line_names_every_candidate(tmp_path, tiny_encoder_dir):
+    training = {**TRAINING, "learning_rate": 1e-3}
+    config = make_config(
+        tmp_path, tiny_encoder_dir, teacher_seeds=[0, 1], learning_rates=[1e-3, 2e-4], training=training
+    )
+    line = teacher_module.plan(config, load_task_data(config.data, config.task))
+    assert line.endswith(
+        "4 epoch(s), batch 16, once per seeds [0, 1] and learning rates 0.001, 0.0002 (the best on dev kept)"
+    )
+    single = make_config(tmp_path, tiny_encoder_dir, training=training)
+    assert teacher_module.plan(single, load_task_data(single.data, single.task)).endswith("learning rate 0.001")
