@@ -198,7 +198,7 @@ def resolve(config: Config, data: TaskData, teacher_config: PretrainedConfig | N
         training = training.model_copy(update={"learning_rate": rates[0]})
     teacher_training, said = choose(training, shape.rows, width, "teacher")
     if rates and teacher.learning_rates is None:
-        said.append(f"learning rates {' and '.join(f'{rate:g}' for rate in rates)} tried, the better on dev kept")
+        said.append(f"learning rates {' and '.join(f'{rate:g}' for rate in rates)} tried (the better on dev kept)")
     if said and teacher.finetune != "never":
         notes.append(f"teacher: {', '.join(said)} for {shape.words()}")
     students = []

@@ -118,7 +118,7 @@ def test_the_teacher_tries_two_learning_rates_on_small_sets(rows, teacher, rates
     assert resolved.teacher.training.learning_rate == training_rate
     seeds = [(0, rate) for rate in rates] if rates else [(0, None)]
     assert resolved.teacher_candidates() == seeds
-    chosen = "learning rates 0.0001 and 2e-05 tried, the better on dev kept"
+    chosen = "learning rates 0.0001 and 2e-05 tried (the better on dev kept)"
     assert any(chosen in note for note in notes) == (rates == [1e-4, 2e-5])
     assert resolve(resolved, task(rows, pair=True), PretrainedConfig(hidden_size=384)) == (resolved, [])
 
