@@ -139,6 +139,6 @@ def with_teacher_logits(
         "teacher_logits": "cached",
         "cache_file": str(path),
         "cache": "hit" if hit else "miss",
-        "precision": "bf16" if bf16 else "fp32",
+        "teacher_logits_precision": "bf16" if bf16 else "fp32",
         **({"computed_by": "augmentation filter"} if known is not None and not hit else {}),
     }

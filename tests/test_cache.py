@@ -102,7 +102,8 @@ def test_bf16_logits_are_kept_under_their_own_key_and_stay_close_to_fp32(tmp_pat
     cache = tmp_path / "cache"
     fp32, plain = with_teacher_logits(train, teacher, teachers[0], tokenizer, cache)
     bf16, low = with_teacher_logits(train, teacher, teachers[0], tokenizer, cache, bf16=True)
-    assert low["cache"] == "miss" and low["precision"] == "bf16" and plain["precision"] == "fp32"
+    assert low["cache"] == "miss"
+    assert low["teacher_logits_precision"] == "bf16" and plain["teacher_logits_precision"] == "fp32"
     assert low["cache_file"] != plain["cache_file"]  # an fp32 run never reads bf16 logits, nor the reverse
     fp32, bf16 = np.asarray(fp32[TEACHER_LOGITS]), np.asarray(bf16[TEACHER_LOGITS])
     assert not np.array_equal(fp32, bf16)  # autocast ran: bf16 rounds the matmuls
