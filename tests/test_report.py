@@ -11,7 +11,7 @@ from distill.bench import Artifact, benchmark_artifacts, host_info, library_vers
 from distill.config import BenchConfig, DataConfig
 from distill.data import load_task_data, tokenize
 from distill.errors import StageError
-from distill.files import write_json
+from distill.files import read_json, write_json
 from distill.report import report_outputs, write_report
 from tests.conftest import make_tiny_bert, write_sst2_like
 
@@ -232,3 +232,19 @@ def test_report_outputs_are_every_file_the_report_writes(tmp_path: Path) -> None
     log.unlink()  # no stage-1 logs: no stage-1 plot written, none declared
     assert tmp_path / "bench" / "stage1_losses.png" not in report_outputs(tmp_path, ["teacher", "small"])
     assert "## TinyBERT stage 1" not in write_report(tmp_path).read_text()
+
+
+def test_report_warns_when_a_student_is_no_better_than_the_trivial_baseline(tmp_path: Path) -> None:
+    write_run(tmp_path, student_p50=5.0)
+    teacher = read_json(tmp_path / "teacher" / "eval.json")
+    write_json(tmp_path / "teacher" / "eval.json", {**teacher, "min_margin": 0.05})
+    twin = read_json(tmp_path / "students" / "small-twin" / "eval.json")
+    write_json(tmp_path / "students" / "small-twin" / "eval.json", {**twin, "metrics": {"accuracy": 0.55}})
+    report = write_report(tmp_path).read_text()
+    warnings = [line for line in report.splitlines() if line.startswith("> **Warning:**")]
+    assert len(warnings) == 1  # small (0.881) has learned the task; small-twin (0.55 <= 0.509 + 0.05) has not
+    assert (
+        "student `small-twin` scores dev accuracy 0.5500, not better than the trivial baseline's 0.5090"
+        in (warnings[0])
+    )
+    assert "always `positive`" in warnings[0] and "margin 0.05" in warnings[0]

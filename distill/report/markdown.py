@@ -92,6 +92,28 @@ def slower_students(view: RunView) -> list[str]:
     return warnings
 
 
+def trivial_students(view: RunView) -> list[str]:
+    """A warning line for every student whose dev main metric does not beat the trivial baseline by the teacher
+    gate's margin: it has not learned the task, whatever it retains of a weak teacher."""
+    evaluation = view.teacher_eval
+    baseline = evaluation.trivial() if evaluation is not None else None
+    main = evaluation.main_metric if evaluation is not None else None
+    if baseline is None or main not in baseline.metrics:
+        return []
+    floor, margin = baseline.metrics[main], evaluation.min_margin or 0.0
+    warnings = []
+    for name, student in view.student_evals.items():
+        value = student.metrics.get(main)
+        if value is not None and value <= floor + margin:
+            warnings.append(
+                f"> **Warning:** student `{name}` scores dev {metric_name(main)} {value:.4f}, not better than the "
+                f"trivial baseline's {floor:.4f} ({baseline.answer()}) by the teacher gate's margin {margin:g}: it "
+                "has not learned the task. Try a deeper student (`num_layers`), more training data or a stronger "
+                "teacher before deploying it."
+            )
+    return warnings
+
+
 def teacher_section(view: RunView) -> list[str]:
     lines = ["## Teacher", ""]
     evaluation = view.teacher_eval
@@ -342,7 +364,7 @@ def budget_section(view: RunView) -> list[str]:
 
 def report_lines(view: RunView, statistics: list[str]) -> list[str]:
     """Every section of report.md in order; ``statistics`` is the statistics section (empty without one)."""
-    warnings = busy_host(view) + slower_students(view)
+    warnings = busy_host(view) + slower_students(view) + trivial_students(view)
     return [
         *header(view),
         *([*warnings, ""] if warnings else []),
