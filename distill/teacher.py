@@ -288,10 +288,10 @@ def plan(config: Config, data: TaskData) -> str:
         return f"evaluating {settings.source} as given on {len(data.validation):,} dev {unit}"
     seeds, rates = config.teacher_seeds(), config.teacher.learning_rates or []
     words = budget(settings.training)
-    each = [f"seeds {seeds}"] if len(seeds) > 1 else []
+    each = [f"seed ({', '.join(map(str, seeds))})"] if len(seeds) > 1 else []
     if len(rates) > 1:
         words = words.rsplit(", learning rate", 1)[0]
-        each.append(f"learning rates {', '.join(f'{rate:g}' for rate in rates)}")
+        each.append(f"learning rate ({', '.join(f'{rate:g}' for rate in rates)})")
     tried = f", once per {' and '.join(each)} (the best on dev kept)" if each else ""
     return f"fine-tuning {settings.source} on {len(data.train):,} training {unit}, {words}{tried}"
 

@@ -172,7 +172,7 @@ def test_the_plan_line_names_every_candidate(tmp_path, tiny_encoder_dir):
     )
     line = teacher_module.plan(config, load_task_data(config.data, config.task))
     assert line.endswith(
-        "4 epoch(s), batch 16, once per seeds [0, 1] and learning rates 0.001, 0.0002 (the best on dev kept)"
+        "4 epoch(s), batch 16, once per seed (0, 1) and learning rate (0.001, 0.0002) (the best on dev kept)"
     )
     single = make_config(tmp_path, tiny_encoder_dir, training=training)
     assert teacher_module.plan(single, load_task_data(single.data, single.task)).endswith("learning rate 0.001")
