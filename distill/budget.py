@@ -83,15 +83,20 @@ def learning_rate(width: int | None) -> float:
     return 5e-5 if width <= 768 else 2e-5
 
 
-def teacher_rates(teacher: TeacherConfig, rows: int, width: int | None) -> list[float]:
-    """The teacher's learning-rate candidates: ``teacher.learning_rates`` when set; else, when the config leaves the
-    rate unset and the training set has fewer than :data:`SMALL_ROWS` rows, the width's rate and a fifth of it;
-    else none (one fine-tuning at the training section's rate)."""
+def teacher_rates(teacher: TeacherConfig, rows: int, teacher_config: PretrainedConfig | None) -> list[float]:
+    """The teacher's learning-rate candidates: ``teacher.learning_rates`` when set; else, when distill fine-tunes
+    the teacher, the config leaves the rate unset and the training set has fewer than :data:`SMALL_ROWS` rows, the
+    width's rate and a fifth of it; else none (one fine-tuning at the training section's rate)."""
     if teacher.learning_rates:
         return list(teacher.learning_rates)
-    if teacher.training.learning_rate is not None or teacher.finetune == "never" or rows >= SMALL_ROWS:
+    # a checkpoint saved with a classification head is used as given under `finetune: auto`
+    trained = any(
+        arch.endswith("ForSequenceClassification") for arch in getattr(teacher_config, "architectures", None) or []
+    )
+    fine_tuned = teacher.finetune == "always" or (teacher.finetune == "auto" and not trained)
+    if teacher.training.learning_rate is not None or not fine_tuned or rows >= SMALL_ROWS:
         return []
-    rate = learning_rate(width)
+    rate = learning_rate(getattr(teacher_config, "hidden_size", None))
     return [rate, rate / LOW_RATE_DIVISOR]
 
 
@@ -192,7 +197,7 @@ def resolve(config: Config, data: TaskData, teacher_config: PretrainedConfig | N
     width = getattr(teacher_config, "hidden_size", None)
     notes: list[str] = []
     teacher = config.teacher
-    rates = teacher_rates(teacher, shape.rows, width)
+    rates = teacher_rates(teacher, shape.rows, teacher_config)
     training = teacher.training
     if rates:
         training = training.model_copy(update={"learning_rate": rates[0]})

@@ -109,18 +109,22 @@ def test_resolve_budgets_the_student_on_the_augmented_size_and_its_twin_on_the_o
         (2490, {"training": {"learning_rate": 3e-5}}, None, 3e-5),  # a stated rate is the only one
         (2490, {"learning_rates": [5e-5, 1e-5, 5e-6]}, [5e-5, 1e-5, 5e-6], 5e-5),  # stated candidates are kept
         (2490, {"finetune": "never"}, None, 1e-4),  # nothing is fine-tuned
+        (2490, {"architectures": ["BertForSequenceClassification"]}, None, 1e-4),  # used as given under auto
+        (2490, {"architectures": ["BertForSequenceClassification"], "finetune": "always"}, [1e-4, 2e-5], 1e-4),
     ],
 )
 def test_the_teacher_tries_two_learning_rates_on_small_sets(rows, teacher, rates, training_rate):
+    architectures = teacher.pop("architectures", ["BertModel"])
     config = config_from_dict({**job(), "teacher": teacher})
-    resolved, notes = resolve(config, task(rows, pair=True), PretrainedConfig(hidden_size=384))
+    teacher_config = PretrainedConfig(hidden_size=384, architectures=architectures)
+    resolved, notes = resolve(config, task(rows, pair=True), teacher_config)
     assert resolved.teacher.learning_rates == rates
     assert resolved.teacher.training.learning_rate == training_rate
     seeds = [(0, rate) for rate in rates] if rates else [(0, None)]
     assert resolved.teacher_candidates() == seeds
     chosen = "learning rates 0.0001 and 2e-05 tried (the better on dev kept)"
     assert any(chosen in note for note in notes) == (rates == [1e-4, 2e-5])
-    assert resolve(resolved, task(rows, pair=True), PretrainedConfig(hidden_size=384)) == (resolved, [])
+    assert resolve(resolved, task(rows, pair=True), teacher_config) == (resolved, [])
 
 
 def test_teacher_learning_rates_conflicting_with_the_training_rate_are_refused():
