@@ -25,7 +25,7 @@ from distill.errors import ConfigError, StageError
 from distill.evaluate import MODEL_INPUTS, predict_logits
 from distill.fidelity import padding_check
 from distill.files import write_json
-from distill.layout import TEACHER, RunLayout
+from distill.layout import TEACHER, TWIN_SUFFIX, RunLayout
 from distill.metrics import agreement, compute_metrics, predictions_from_logits
 from distill.records import BenchResults
 from distill.runtime import (
@@ -309,7 +309,7 @@ def plan(cfg: BenchConfig) -> str:
 def bench_models(config: Config, data: TaskData, layout: RunLayout, names: list[str]) -> tuple[dict[str, Any], str]:
     """Benchmark the PyTorch model and every ONNX file of each of ``names`` into ``layout.results``.
 
-    Returns the manifest summary and one line naming the fastest student file against the teacher.
+    Returns the manifest summary and one line naming the fastest distilled student file against the teacher.
     """
     artifacts = []
     for name in names:
@@ -340,6 +340,8 @@ def _fastest_line(results: BenchResults) -> str:
     reference = results.p50(teacher, *point) if point else None
     timed = [(results.p50(row, *point), row) for row in results.artifacts if row.role == "student" and point]
     timed = [(p50, row) for p50, row in timed if p50]
+    distilled = [(p50, row) for p50, row in timed if not row.name.endswith(TWIN_SUFFIX)]
+    timed = distilled or timed  # a label-only twin is a control, named only when it is all there is
     if not timed or not reference:
         return f"{len(results.artifacts)} artifact(s) measured"
     p50, row = min(timed, key=lambda item: item[0])

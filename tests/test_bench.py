@@ -128,3 +128,35 @@ def test_over_budget_int8_rows_are_flagged(
     from distill.records import BenchResults
 
     assert BenchResults.model_validate(results).artifacts[1].over_budget == "over budget: 2.41% flips"
+
+
+def test_stage_line_names_the_fastest_distilled_student_not_its_twin() -> None:
+    from distill.bench import _fastest_line
+    from distill.records import ArtifactRow, BenchResults, LatencyRow
+
+    def row(name: str, role: str, precision: str, accuracy: float) -> ArtifactRow:
+        runtime = "pytorch" if role == "teacher" else "onnxruntime"
+        return ArtifactRow(
+            name=name,
+            role=role,
+            runtime=runtime,
+            precision=precision,
+            size_bytes=1,
+            parameters=1,
+            metrics={"accuracy": accuracy},
+        )
+
+    def point(name: str, role: str, precision: str, p50: float) -> LatencyRow:
+        runtime = "pytorch" if role == "teacher" else "onnxruntime"
+        return LatencyRow(name=name, role=role, runtime=runtime, precision=precision, batch=1, seq=128, p50_ms=p50)
+
+    rows = [row("teacher", "teacher", "fp32", 0.86), row("distil3", "student", "int8", 0.84)]
+    latency = [point("teacher", "teacher", "fp32", 14.0), point("distil3", "student", "int8", 2.8)]
+    twin = ([row("distil3-twin", "student", "int8", 0.83)], [point("distil3-twin", "student", "int8", 2.7)])
+    results = BenchResults(host={}, metric_names=["accuracy"], artifacts=rows + twin[0], latency=latency + twin[1])
+    line = _fastest_line(results)
+    assert "fastest student file distil3 (onnxruntime, int8): 5.00x" in line and "twin" not in line
+    only_twin = BenchResults(
+        host={}, metric_names=["accuracy"], artifacts=rows[:1] + twin[0], latency=latency[:1] + twin[1]
+    )
+    assert "distil3-twin (onnxruntime, int8): 5.19x" in _fastest_line(only_twin)
