@@ -50,7 +50,7 @@ def manifest(run_dir: Path) -> dict:
 
 
 def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_dir, sst2_like, capsys):
-    config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like)
+    config_path = write_config(tmp_path, tiny_encoder_dir, *sst2_like, learning_rate=None)  # the one value chosen
     run_dir = tmp_path / "run"
     run_pipeline(load_config(config_path), run_dir)
 
@@ -91,10 +91,14 @@ def test_full_run_then_rerun_skips_and_change_recomputes(tmp_path, tiny_encoder_
     assert out.count("skipped") == 5
     assert {key: entry["finished"] for key, entry in manifest(run_dir)["stages"].items()} == finished
 
+    budget = manifest(run_dir)["budget"]
+    assert budget and "Training budgets" in (run_dir / "report.md").read_text(encoding="utf-8")
     (run_dir / "report.md").unlink()
-    run_pipeline(load_config(config_path), run_dir, stages=("report",))
+    # the run's own config.yaml writes out every chosen value: nothing is chosen again, the recorded lines stay
+    run_pipeline(load_config(run_dir / "config.yaml"), run_dir, stages=("report",))
     assert "[report] outputs missing from the run directory: recomputing" in capsys.readouterr().out
-    assert (run_dir / "report.md").is_file()
+    assert manifest(run_dir)["budget"] == budget
+    assert all(f"- {line}" in (run_dir / "report.md").read_text(encoding="utf-8") for line in budget)
 
     run_pipeline(
         load_config(config_path, ["bench.iterations=6"]), run_dir, stages=("teacher", "train", "export", "bench")
