@@ -554,7 +554,8 @@ class Int8Config(Strict):
     reduce_range: bool = False
     """Quantise weights to 7 bits (for CPUs without VNNI)."""
     quantize_embeddings: bool = True
-    """Also build a candidate whose embedding tables (`Gather`) are INT8: a much smaller file."""
+    """Also build candidates whose embedding tables (`Gather`, or the optimised graph's `EmbedLayerNormalization`)
+    are INT8: a much smaller file."""
     exclude_op_types: list[str] = []
     """ONNX op types to keep in fp32 in every candidate (for example `Attention`)."""
     calibration_examples: PositiveInt = 256

@@ -24,8 +24,11 @@ from distill.config import Int8Config
 
 WEIGHT_OPS = ("MatMul", "Attention", "Gemm")
 """Op types quantised in every candidate (MatMul only with a constant weight)."""
-EMBEDDING_OPS = ("Gather",)
-"""Op types quantised too when a candidate quantises the embedding tables."""
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+"""Op types quantised too when a candidate quantises the embedding tables: ``Gather`` over a table in the plain
+graph, ORT's fused ``EmbedLayerNormalization`` (to ``QEmbedLayerNormalization``) in the optimised one."""
+EMBEDDING_TABLE_INPUT = {"Gather": 0, "EmbedLayerNormalization": 2}
+"""Which input of each embedding op is the (word) embedding table."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Int8Spec:
         source: the fp32 graph it quantises (``model.onnx`` or ``model.opt.onnx``).
         static: QDQ with calibrated activation scales; otherwise dynamic (activation scales computed per batch).
         per_channel: weights quantised per output channel rather than per tensor.
-        embeddings: the embedding tables (``Gather``) quantised too.
+        embeddings: the embedding tables (``Gather``, or the fused ``EmbedLayerNormalization``) quantised too.
         exclude_nodes: names of nodes kept in fp32.
         qat: quantises the student after quantisation-aware fine-tuning (:mod:`distill.qat`): other weights than
             the fp32 graph's, so it is judged against the teacher rather than by flips.
@@ -59,8 +62,9 @@ class Int8Spec:
 def candidate_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[Int8Spec]:
     """Every candidate ``cfg`` asks for, from the fused graph when there is one and from the plain graph.
 
-    Static and embedding-quantised candidates start from the plain graph: ORT's fused ``EmbedLayerNormalization``
-    holds the tables in a contrib op the quantiser does not handle, and QDQ pairs are fused by the session itself.
+    Static candidates start from the plain graph: QDQ pairs are fused by the session itself. Embedding-quantised
+    candidates come from both graphs: the fused graph's ``EmbedLayerNormalization`` becomes ORT's
+    ``QEmbedLayerNormalization``, which also holds its layer-norm weights in INT8, so it is measured on its own.
     """
     specs: list[Int8Spec] = []
     channel_options = [False, True] if cfg.per_channel is None else [cfg.per_channel]
@@ -74,7 +78,10 @@ def candidate_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[In
         if cfg.quantize_embeddings:
             per_channel = channel_options[-1]
             weights = "per-channel" if per_channel else "per-tensor"
-            specs.append(Int8Spec(f"dynamic {weights} + embeddings (plain)", plain, False, per_channel, True))
+            for source, where in ((fused, "fused"), (plain, "plain")):
+                if source is not None:
+                    label = f"dynamic {weights} + embeddings ({where})"
+                    specs.append(Int8Spec(label, source, False, per_channel, embeddings=True))
     if cfg.mode in ("all", "static"):
         per_channel = cfg.per_channel is not False
         weights = "per-channel" if per_channel else "per-tensor"
@@ -91,7 +98,10 @@ def qat_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[Int8Spec
             if source is not None:
                 specs.append(Int8Spec(f"QAT dynamic per-channel ({where})", source, False, True, qat=True))
         if cfg.quantize_embeddings:
-            specs.append(Int8Spec("QAT dynamic per-channel + embeddings (plain)", plain, False, True, True, qat=True))
+            for source, where in ((fused, "fused"), (plain, "plain")):
+                if source is not None:
+                    label = f"QAT dynamic per-channel + embeddings ({where})"
+                    specs.append(Int8Spec(label, source, False, True, True, qat=True))
     if cfg.mode in ("all", "static"):
         specs.append(Int8Spec("QAT static QDQ per-channel (plain)", plain, True, True, qat=True))
     return specs
@@ -172,7 +182,8 @@ class PreparedGraph:
         self._scratch.cleanup()
 
     def quantisable_nodes(self, spec: Int8Spec) -> list[str]:
-        """Names of the nodes ``spec`` quantises (a ``MatMul`` or ``Gather`` only over a constant table), in order."""
+        """Names of the nodes ``spec`` quantises (a ``MatMul`` or an embedding op only over a constant table), in
+        order."""
         from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
         registry = QDQRegistry if spec.static else IntegerOpsRegistry  # dynamic INT8 has no Gemm, for example
@@ -181,7 +192,8 @@ class PreparedGraph:
         for node in self.nodes:
             if node.op_type not in op_types:
                 continue
-            constant = node.input[0] if node.op_type in EMBEDDING_OPS else node.input[1] if len(node.input) > 1 else ""
+            table = EMBEDDING_TABLE_INPUT.get(node.op_type, 1)
+            constant = node.input[table] if len(node.input) > table else ""
             if node.op_type in ("MatMul", *EMBEDDING_OPS) and constant not in self.initializers:
                 continue
             names.append(node.name)

@@ -377,6 +377,30 @@ def test_embedding_candidate_quantises_the_tables(exported, tmp_path):
     assert sizes[True] < sizes[False]
 
 
+def test_embedding_candidate_of_the_fused_graph_quantises_its_embed_layer_norm(exported, tmp_path):
+    import onnx
+
+    from distill.optimize import optimize_graph
+
+    bundle, rows, _ = exported
+    fused = tmp_path / "fused.onnx"
+    optimize_graph(bundle / "model.onnx", fused, num_heads=4, hidden_size=32)
+    outputs, sizes = {}, {}
+    for embeddings in (False, True):
+        spec = Int8Spec("e", fused, static=False, per_channel=True, embeddings=embeddings)
+        target = tmp_path / f"{embeddings}.onnx"
+        with PreparedGraph(fused, Int8Config()) as prepared:
+            fused_tables = [name for name in prepared.quantisable_nodes(spec) if "EmbedLayer" in name]
+            assert len(fused_tables) == int(embeddings)
+            prepared.quantize(spec, target)
+        ops = [node.op_type for node in onnx.load(str(target)).graph.node]
+        assert ("QEmbedLayerNormalization" in ops) == embeddings and ("EmbedLayerNormalization" in ops) != embeddings
+        sizes[embeddings] = target.stat().st_size
+        outputs[embeddings] = onnx_logits(create_session(target, 1), rows[:8])
+    assert sizes[True] < sizes[False], sizes
+    assert np.abs(outputs[True] - outputs[False]).max() < 0.5, "the INT8 tables change the logits only a little"
+
+
 def test_candidate_table_and_old_fidelity_records():
     from types import SimpleNamespace
 
