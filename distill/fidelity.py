@@ -157,18 +157,29 @@ def _output_logits(output: object) -> np.ndarray:
     return np.asarray(logits)
 
 
+SPEED_TIE = 1.03
+"""Candidates within this factor of the fastest passing candidate's p50 count as equally fast (the interleaved
+timings of one graph vary by about that much); among them the smallest file ships."""
+
+
 def select_fastest(candidates: Sequence[dict[str, Any]]) -> int | None:
     """Index of the fastest candidate within budget that also passed its padding check, or None.
 
     Each candidate has ``passed`` (within the fidelity budget), ``padding_passed`` and ``p50_ms``; one without a
-    latency, or with an error, is never chosen.
+    latency, or with an error, is never chosen. Candidates within :data:`SPEED_TIE` of the fastest are a tie, won by
+    the smallest ``size_bytes`` (for example the graph with INT8 embedding tables: a third of the file at the same
+    speed), then by speed.
     """
     eligible = [
         (candidate["p50_ms"], index)
         for index, candidate in enumerate(candidates)
         if candidate.get("passed") and candidate.get("padding_passed") and candidate.get("p50_ms") is not None
     ]
-    return min(eligible)[1] if eligible else None
+    if not eligible:
+        return None
+    fastest = min(eligible)[0]
+    tied = [(candidates[index].get("size_bytes", float("inf")), p50, index) for p50, index in eligible]
+    return min(item for item in tied if item[1] <= SPEED_TIE * fastest)[2]
 
 
 QAT_SPEED_MARGIN = 1.1
