@@ -534,14 +534,14 @@ class Int8Config(Strict):
     """INT8 quantisation of the ONNX graph and its fidelity budget against the fp32 graph.
 
     Every candidate (``distill.int8.candidate_specs``) is built, measured and timed; the fastest within the budget is
-    shipped as `model.int8.onnx` (candidates within 3% of its latency count as equally fast, and the smallest file
+    shipped as `model.int8.onnx` (candidates within 5% of its latency count as equally fast, and the smallest file
     among them ships: ``distill.fidelity.select_fastest``).
     """
 
     enabled: bool = True
     """Build the INT8 candidates (dynamic per-tensor and per-channel weights, static QDQ calibrated on training rows,
     embeddings quantised, and nodes kept in fp32 by a sensitivity search), measure each against the fp32 graph, time
-    each at batch 1, and ship the fastest within the budget as `model.int8.onnx` (within 3% of it, the smallest file);
+    each at batch 1, and ship the fastest within the budget as `model.int8.onnx` (within 5% of it, the smallest file);
     if none passes, no INT8 file is shipped and the report says what was tried.
     """
     mode: Literal["all", "dynamic", "static"] = "all"
