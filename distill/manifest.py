@@ -132,6 +132,15 @@ class Run:
         files = [path for path in (self.config.data.train, self.config.data.validation) if path is not None]
         return file_digest(*files) if files and all(Path(path).is_file() for path in files) else None
 
+    def record_budget(self, notes: list[str]) -> None:
+        """Keep the budget lines the report states: ``notes``, the budgets distill chose for this config, or, on a
+        rerun from the run's own ``config.yaml`` (which writes out every chosen value, so nothing is chosen again),
+        the lines recorded when distill chose them."""
+        recorded = list(self.manifest.get("budget", []))
+        config_file = self.layout.config
+        same = config_file.is_file() and config_file.read_text(encoding="utf-8") == dump_config(self.config)
+        self.manifest["budget"] = recorded if not notes and recorded and same else notes
+
     def save_manifest(self) -> None:
         write_json(self.layout.manifest, self.manifest)
 

@@ -156,18 +156,8 @@ def run_pipeline(config: Config, run_dir: Path, stages: Iterable[str] = STAGES) 
     preflight(config, data)  # reads only: bad input is reported before anything else
     with claim(run_dir) if main else contextlib.nullcontext():
         run = open_run(config, run_dir, data)  # the manifest as read under the lock
-        run.manifest["budget"] = budget_notes(run, config, notes)
+        run.record_budget(notes)
         return _run_stages(run, stages, main)
-
-
-def budget_notes(run: Run, config: Config, notes: list[str]) -> list[str]:
-    """The budget lines the report states: ``notes``, this resolution's, or, on a rerun from the run's own
-    ``config.yaml`` (which writes out every value distill chose, so nothing is chosen again), the lines recorded when
-    distill chose them."""
-    recorded = list(run.manifest.get("budget", []))
-    if notes or not recorded or not run.layout.config.is_file():
-        return notes
-    return recorded if run.layout.config.read_text(encoding="utf-8") == dump_config(config) else notes
 
 
 def _run_stages(run: Run, stages: Iterable[str], main: bool) -> Run:
