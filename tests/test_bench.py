@@ -134,21 +134,16 @@ def test_stage_line_names_the_fastest_distilled_student_not_its_twin() -> None:
     from distill.bench import _fastest_line
     from distill.records import ArtifactRow, BenchResults, LatencyRow
 
-    def row(name: str, role: str, precision: str, accuracy: float) -> ArtifactRow:
-        runtime = "pytorch" if role == "teacher" else "onnxruntime"
-        return ArtifactRow(
-            name=name,
-            role=role,
-            runtime=runtime,
-            precision=precision,
-            size_bytes=1,
-            parameters=1,
-            metrics={"accuracy": accuracy},
+    def key(name: str, role: str, precision: str) -> dict[str, str]:
+        return {"name": name, "role": role, "precision": precision, "runtime": "onnxruntime"} | (
+            {"runtime": "pytorch"} if role == "teacher" else {}
         )
 
+    def row(name: str, role: str, precision: str, accuracy: float) -> ArtifactRow:
+        return ArtifactRow(**key(name, role, precision), size_bytes=1, parameters=1, metrics={"accuracy": accuracy})
+
     def point(name: str, role: str, precision: str, p50: float) -> LatencyRow:
-        runtime = "pytorch" if role == "teacher" else "onnxruntime"
-        return LatencyRow(name=name, role=role, runtime=runtime, precision=precision, batch=1, seq=128, p50_ms=p50)
+        return LatencyRow(**key(name, role, precision), batch=1, seq=128, p50_ms=p50)
 
     rows = [row("teacher", "teacher", "fp32", 0.86), row("distil3", "student", "int8", 0.84)]
     latency = [point("teacher", "teacher", "fp32", 14.0), point("distil3", "student", "int8", 2.8)]
