@@ -59,6 +59,11 @@ class Int8Spec:
         return [op for op in ops if op not in cfg.exclude_op_types]
 
 
+def _graphs(plain: Path, fused: Path | None) -> list[tuple[Path, str]]:
+    """The fp32 graphs a candidate may quantise, fused first: ``(path, "fused" | "plain")`` for each that exists."""
+    return [(source, where) for source, where in ((fused, "fused"), (plain, "plain")) if source is not None]
+
+
 def candidate_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[Int8Spec]:
     """Every candidate ``cfg`` asks for, from the fused graph when there is one and from the plain graph.
 
@@ -69,19 +74,16 @@ def candidate_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[In
     specs: list[Int8Spec] = []
     channel_options = [False, True] if cfg.per_channel is None else [cfg.per_channel]
     if cfg.mode in ("all", "dynamic"):
-        for source, where in ((fused, "fused"), (plain, "plain")):
-            if source is None:
-                continue
+        for source, where in _graphs(plain, fused):
             for per_channel in channel_options:
                 weights = "per-channel" if per_channel else "per-tensor"
                 specs.append(Int8Spec(f"dynamic {weights} ({where})", source, False, per_channel))
         if cfg.quantize_embeddings:
             per_channel = channel_options[-1]
             weights = "per-channel" if per_channel else "per-tensor"
-            for source, where in ((fused, "fused"), (plain, "plain")):
-                if source is not None:
-                    label = f"dynamic {weights} + embeddings ({where})"
-                    specs.append(Int8Spec(label, source, False, per_channel, embeddings=True))
+            for source, where in _graphs(plain, fused):
+                label = f"dynamic {weights} + embeddings ({where})"
+                specs.append(Int8Spec(label, source, False, per_channel, embeddings=True))
     if cfg.mode in ("all", "static"):
         per_channel = cfg.per_channel is not False
         weights = "per-channel" if per_channel else "per-tensor"
@@ -94,14 +96,12 @@ def qat_specs(cfg: Int8Config, plain: Path, fused: Path | None) -> list[Int8Spec
     dynamic from its fused and plain graphs, its embeddings quantised too, and static QDQ, as ``cfg.mode`` allows."""
     specs: list[Int8Spec] = []
     if cfg.mode in ("all", "dynamic"):
-        for source, where in ((fused, "fused"), (plain, "plain")):
-            if source is not None:
-                specs.append(Int8Spec(f"QAT dynamic per-channel ({where})", source, False, True, qat=True))
+        for source, where in _graphs(plain, fused):
+            specs.append(Int8Spec(f"QAT dynamic per-channel ({where})", source, False, True, qat=True))
         if cfg.quantize_embeddings:
-            for source, where in ((fused, "fused"), (plain, "plain")):
-                if source is not None:
-                    label = f"QAT dynamic per-channel + embeddings ({where})"
-                    specs.append(Int8Spec(label, source, False, True, True, qat=True))
+            for source, where in _graphs(plain, fused):
+                label = f"QAT dynamic per-channel + embeddings ({where})"
+                specs.append(Int8Spec(label, source, False, True, True, qat=True))
     if cfg.mode in ("all", "static"):
         specs.append(Int8Spec("QAT static QDQ per-channel (plain)", plain, True, True, qat=True))
     return specs
