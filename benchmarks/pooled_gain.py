@@ -24,7 +24,7 @@ from distill.metrics import predictions_from_logits
 from distill.report.statistics import paired_bootstrap, verdict
 
 
-def _seed_predictions(student_dir: Path) -> list[np.ndarray]:
+def seed_predictions(student_dir: Path) -> list[np.ndarray]:
     """Dev predictions of every seed of a student (``distill.layout.seed_dirs``: one directory for one seed)."""
     if not (student_dir / "dev_logits.npy").is_file():
         raise SystemExit(f"{student_dir} holds no dev_logits.npy")
@@ -42,8 +42,8 @@ def main() -> None:
     labels = np.asarray(read_table(args.data_validation)["label"], dtype=np.int64)
     rows, students, twins = [], [], []
     for result in args.results:
-        student = _seed_predictions(result / "students" / args.student)
-        twin = _seed_predictions(result / "students" / f"{args.student}-twin")
+        student = seed_predictions(result / "students" / args.student)
+        twin = seed_predictions(result / "students" / f"{args.student}-twin")
         if len(student) != len(twin):
             raise SystemExit(f"{result}: {len(student)} student seeds but {len(twin)} twin seeds")
         teacher = read_json(result / "teacher" / "eval.json")["metrics"]["accuracy"]

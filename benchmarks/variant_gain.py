@@ -14,19 +14,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from pooled_gain import seed_predictions  # the benchmarks directory is on sys.path when run as a script
 
 from distill.config import load_config
 from distill.files import write_json
-from distill.layout import RunLayout, seed_dirs
+from distill.layout import RunLayout
 from distill.manifest import open_run
-from distill.metrics import METRICS, predictions_from_logits
+from distill.metrics import METRICS
 from distill.report.statistics import paired_bootstrap, seed_interval, verdict
-
-
-def _seed_predictions(student_dir: Path) -> list[np.ndarray]:
-    if not (student_dir / "dev_logits.npy").is_file():
-        raise SystemExit(f"{student_dir} holds no dev_logits.npy: train the student first")
-    return [predictions_from_logits(np.load(seed / "dev_logits.npy")) for seed in seed_dirs(student_dir)]
 
 
 def main() -> None:
@@ -41,8 +36,8 @@ def main() -> None:
     data = open_run(config, args.base).data
     metric = data.metrics[0]
     labels = np.asarray(data.validation["label"])
-    base = _seed_predictions(RunLayout(args.base).student(args.student))
-    variant = _seed_predictions(RunLayout(args.variant).student(args.student))
+    base = seed_predictions(RunLayout(args.base).student(args.student))
+    variant = seed_predictions(RunLayout(args.variant).student(args.student))
     if len(base) != len(variant):
         raise SystemExit(f"the runs hold {len(base)} and {len(variant)} seeds of {args.student}; train the same seeds")
     gain = paired_bootstrap(variant, base, labels, metric)
