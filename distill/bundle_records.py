@@ -32,8 +32,17 @@ class Variant(Record):
     reason: str | None = None
 
 
+class LayerNormChoice(Record):
+    """Whether the fused graph keeps each residual ``Add`` and its LayerNorm apart or fused (the faster at batch 1)."""
+
+    kept: str  # "apart" (served with ONNX Runtime's SkipLayerNormFusion switched off) or "fused"
+    fused_p50_ms: float | None = None
+    apart_p50_ms: float | None = None
+
+
 class OptimizedFidelity(Variant, AgainstFp32):
     fused_ops: dict[str, int] = {}
+    layer_norm: LayerNormChoice | None = None  # absent in bundles from before distill measured it
     p50_ms: float | None = None  # batch 1, timed beside the plain graph (plain_p50_ms): the faster one ships
     plain_p50_ms: float | None = None
 

@@ -620,7 +620,9 @@ class ExportConfig(Strict):
     """
     optimize: bool = True
     """Also write `model.opt.onnx`, fused by ONNX Runtime's BERT optimiser; it is shipped only when it is faster than
-    the plain graph at batch 1 (timed like the INT8 candidates)."""
+    the plain graph at batch 1 (timed like the INT8 candidates). It is built with each residual Add and LayerNorm
+    fused into SkipLayerNormalization and with the two apart, and the faster kept; when apart, the bundle's
+    config.json lists ONNX Runtime's `SkipLayerNormFusion` under `distill_disabled_optimizers`."""
     optimize_max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.002
     """An optimised graph that flips more than this share of the fp32 graph's dev predictions is dropped."""
     int8: Int8Config = Int8Config()

@@ -16,8 +16,9 @@ from distill.env import available_cores
 from distill.evaluate import MODEL_INPUTS
 from distill.export import export_onnx
 from distill.files import read_json, write_json
+from distill.fusion import optimize_graph
 from distill.layout import TEACHER, RunLayout
-from distill.optimize import QatGraphs, optimize_bundle, optimize_graph
+from distill.optimize import QatGraphs, optimize_bundle
 from distill.runtime import TEXT_PAIR_KEY
 
 
@@ -53,7 +54,7 @@ def qat_graphs(
     """What builds a distilled student's quantisation-aware graphs: fine-tune it (:func:`distill.qat.finetune_qat`,
     reused when done), export it like any model and fuse it like the fp32 graph."""
 
-    def build(scratch: Path) -> tuple[Path, Path | None]:
+    def build(scratch: Path, skip_layer_norm: bool) -> tuple[Path, Path | None]:
         from distill.qat import finetune_qat
 
         click.echo(f"[export] {spec.name}: quantisation-aware fine-tuning, {config.export.int8.qat_steps} steps")
@@ -66,7 +67,7 @@ def qat_graphs(
         model_config = read_json(bundle / "config.json")
         fused = scratch / "qat.opt.onnx"
         heads, hidden = model_config["num_attention_heads"], model_config["hidden_size"]
-        optimize_graph(bundle / "model.onnx", fused, heads, hidden)
+        optimize_graph(bundle / "model.onnx", fused, heads, hidden, skip_layer_norm)
         return bundle / "model.onnx", fused
 
     return build

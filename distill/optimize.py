@@ -1,13 +1,12 @@
 """ONNX Runtime graph optimisation and INT8 quantisation of an exported bundle, each held to a fidelity budget, and
 the fastest graph within budget shipped.
 
-Optimisation fuses attention, LayerNorm and GELU subgraphs (ORT's BERT optimiser); the fused graph is kept when it
-flips at most ``export.optimize_max_flip_rate`` of the dev predictions of the plain graph and is faster than it at
-batch 1. Every INT8 candidate of :func:`distill.int8.candidate_specs` is built, measured against the fp32 graph at
-batch 1 on the dev split plus unlabelled training rows (:mod:`distill.fidelity`), padding-checked and timed beside
-the others; when the fastest breaks the budget, a per-node sensitivity search (:mod:`distill.sensitivity`) builds
-one more candidate with only the offending nodes in fp32. The fastest candidate within budget whose padding check
-passes is shipped as ``model.int8.onnx``; every candidate is recorded in ``fidelity.json``.
+The fused fp32 graph comes from :mod:`distill.fusion`. Every INT8 candidate of :func:`distill.int8.candidate_specs` is
+built, measured against the fp32 graph at batch 1 on the dev split plus unlabelled training rows
+(:mod:`distill.fidelity`), padding-checked and timed beside the others; when the fastest breaks the budget, a
+per-node sensitivity search (:mod:`distill.sensitivity`) builds one more candidate with only the offending nodes in
+fp32. The fastest candidate within budget whose padding check passes is shipped as ``model.int8.onnx``; every
+candidate is recorded in ``fidelity.json``.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from typing import Any
 import numpy as np
 
 from distill.config import ExportConfig
-from distill.errors import ExportError
-from distill.export import op_counts
 from distill.fidelity import (
     budget_failures,
     compare_outputs,
@@ -36,38 +33,18 @@ from distill.fidelity import (
     wants_qat,
 )
 from distill.files import read_json, write_json
+from distill.fusion import choose_fp32, fuse_bundle, time_graphs
 from distill.int8 import Int8Spec, PreparedGraph, candidate_specs, qat_specs
-from distill.layout import DEV_LOGITS_FILE, FIDELITY_FILE
-from distill.runtime import INT8_FILE, OPTIMIZED_FILE, OVER_BUDGET_INT8_FILE, create_session, onnx_logits
-from distill.sensitivity import excluded_label, sensitive_nodes
-from distill.timing import interleaved_p50, latency_inputs
-
-FUSED_OPS = (
-    "Attention",
-    "MultiHeadAttention",
-    "EmbedLayerNormalization",
-    "SkipLayerNormalization",
-    "LayerNormalization",
-    "BiasGelu",
-    "FastGelu",
-    "Gelu",
-    "SkipSimplifiedLayerNormalization",
+from distill.layout import FIDELITY_FILE
+from distill.runtime import (
+    DISABLED_OPTIMIZERS_KEY,
+    INT8_FILE,
+    OPTIMIZED_FILE,
+    OVER_BUDGET_INT8_FILE,
+    create_session,
+    onnx_logits,
 )
-
-
-def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Run ORT's BERT optimiser on ``source`` and save the fused graph to ``target``; returns fused-op counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    try:
-        optimized = optimize_model(
-            str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
-        )
-    except Exception as err:  # the optimiser raises many types; all mean "this graph was not optimised"
-        raise ExportError(f"ONNX Runtime's optimiser failed on {source} ({err}); set export.optimize: false") from err
-    optimized.save_model_to_file(str(target))
-    counts = op_counts(target)
-    return {op: counts[op] for op in FUSED_OPS if op in counts}
+from distill.sensitivity import excluded_label, sensitive_nodes
 
 
 @dataclass
@@ -91,11 +68,12 @@ class Pool:
     reference: np.ndarray  # (len(rows), num_labels): the fp32 graph at batch 1
     threads: int | None
     teacher: np.ndarray | None = None  # (len(dev_rows), num_labels): the teacher's dev logits, judging QAT candidates
+    disabled_optimizers: tuple[str, ...] = ()  # ONNX Runtime optimisers the bundle's sessions switch off
 
 
 def measure_candidate(spec: Int8Spec, path: Path, pool: Pool, cfg: ExportConfig) -> Candidate:
     """Measure the INT8 graph at ``path`` on the pool at batch 1, and its padding check on the dev rows."""
-    session = create_session(path, pool.threads)
+    session = create_session(path, pool.threads, pool.disabled_optimizers)
     logits = onnx_logits(session, pool.rows, batch_size=1)  # the deployed batch
     check = compare_outputs(pool.reference, logits, pool.labels, pool.metric_names)
     if spec.qat:  # other weights than the fp32 graph's: held to the teacher, its flips only reported
@@ -143,9 +121,9 @@ def _error(spec: Int8Spec, err: Exception) -> Candidate:
 
 Prepare = Callable[[Path], PreparedGraph]
 """A source graph prepared for quantisation, once per source (shape inference of a large graph takes seconds)."""
-QatGraphs = Callable[[Path], tuple[Path, Path | None]]
+QatGraphs = Callable[[Path, bool], tuple[Path, Path | None]]
 """Fine-tunes the student through fake quantisation and writes its fp32 graphs (plain, fused or None) under the
-given scratch directory (:func:`distill.deploy.qat_graphs`)."""
+given scratch directory, fusing residual LayerNorms when the bool says so (:func:`distill.deploy.qat_graphs`)."""
 
 
 def build_candidates(
@@ -185,7 +163,16 @@ def _search(
 ) -> tuple[Candidate | None, dict[str, Any]]:
     """Run the sensitivity search on ``target``; returns the candidate it found (measured) and its record."""
     prepared = prepare(target.spec.source)
-    search = sensitive_nodes(prepared, target.spec, pool.rows, pool.reference, target.logits, num_layers, pool.threads)
+    search = sensitive_nodes(
+        prepared,
+        target.spec,
+        pool.rows,
+        pool.reference,
+        target.logits,
+        num_layers,
+        pool.threads,
+        pool.disabled_optimizers,
+    )
     record = {
         "searched": target.spec.label,
         "trials": len(search.trials),
@@ -208,14 +195,8 @@ def _time(
     built = [(str(index), c.path) for index, c in enumerate(candidates) if c.logits is not None]
     if not built and len(graphs) < 2:
         return {}  # nothing to choose between
-    runners = {}
-    for key, path in [*graphs.items(), *built]:
-        session = create_session(path, pool.threads)
-        names = [node.name for node in session.get_inputs()]
-        runners[key] = ((lambda feeds, session=session: session.run(None, feeds)), names)
-    token_pool = np.concatenate([np.asarray(row["input_ids"]) for row in pool.dev_rows])
-    feeds = latency_inputs(token_pool, 1, seq, seed=seq)
-    timed = interleaved_p50(runners, feeds, cfg.selection_warmup, cfg.selection_iterations)
+    sessions = [(key, path, pool.disabled_optimizers) for key, path in [*graphs.items(), *built]]
+    timed = time_graphs(sessions, pool.dev_rows, pool.threads, cfg, seq)
     for index, candidate in enumerate(candidates):
         candidate.record["p50_ms"] = timed.get(str(index))
     return timed
@@ -259,10 +240,16 @@ def optimize_bundle(
     record: dict[str, Any] = {"optimized": {"enabled": cfg.optimize}, "int8": {"enabled": cfg.int8.enabled}}
     for stale in (OPTIMIZED_FILE, INT8_FILE, OVER_BUDGET_INT8_FILE):
         (bundle_dir / stale).unlink(missing_ok=True)
-    optimized_path = _optimize(bundle_dir, cfg, validation, labels, metric_names, model_config, record["optimized"])
     seq = min(seq_length, model_config.get("max_position_embeddings", seq_length))
+    optimized_path, disabled = fuse_bundle(
+        bundle_dir, cfg, validation, labels, metric_names, model_config, record["optimized"], threads, seq
+    )
+    model_config.pop(DISABLED_OPTIMIZERS_KEY, None)  # a rerun decides again
+    switched_off = {DISABLED_OPTIMIZERS_KEY: list(disabled)} if disabled else {}
+    write_json(bundle_dir / "config.json", {**model_config, **switched_off})
     graphs = {"fp32": fp32, **({"fp32-opt": optimized_path} if optimized_path else {})}
     pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads, teacher_dev)
+    pool.disabled_optimizers = disabled
     candidates: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir, contextlib.ExitStack() as stack:
         scratch, prepared = Path(scratch_dir), {}
@@ -273,7 +260,7 @@ def optimize_bundle(
             return prepared[source]
 
         if cfg.int8.enabled:
-            pool.reference = onnx_logits(create_session(fp32, threads), pool.rows, batch_size=1)
+            pool.reference = onnx_logits(create_session(fp32, threads, disabled), pool.rows, batch_size=1)
             specs = candidate_specs(cfg.int8, fp32, optimized_path)
             candidates = build_candidates(specs, scratch, pool, cfg, prepare)
         timed = _time(graphs, candidates, pool, cfg, seq)
@@ -290,9 +277,9 @@ def optimize_bundle(
                 timed = _time(graphs, candidates, pool, cfg, seq)  # every graph timed again, side by side
         qat_wanted = cfg.int8.enabled and wants_qat(cfg.int8.qat, [c.record for c in candidates])
         if qat_wanted and qat is not None and teacher_dev is not None:
-            record["int8"]["qat"] = _add_qat(qat, candidates, scratch, pool, cfg, prepare)
+            record["int8"]["qat"] = _add_qat(qat, candidates, scratch, pool, cfg, prepare, not disabled)
             timed = _time(graphs, candidates, pool, cfg, seq)
-        _choose_fp32(bundle_dir, timed, record["optimized"], seq)
+        choose_fp32(bundle_dir, timed, record["optimized"], seq)
         if cfg.int8.enabled:
             fastest_fp32 = min(timed.get("fp32", float("inf")), timed.get("fp32-opt", float("inf")))
             _ship_int8(bundle_dir, candidates, record["int8"], keep_over_budget, fastest_fp32)
@@ -306,64 +293,25 @@ def optimize_bundle(
 
 
 def _add_qat(
-    qat: QatGraphs, candidates: list[Candidate], scratch: Path, pool: Pool, cfg: ExportConfig, prepare: Prepare
+    qat: QatGraphs,
+    candidates: list[Candidate],
+    scratch: Path,
+    pool: Pool,
+    cfg: ExportConfig,
+    prepare: Prepare,
+    skip_layer_norm: bool,
 ) -> dict[str, Any]:
     """Fine-tune through fake quantisation, then build and measure the QAT candidates into ``candidates``; returns
     the record of the fine-tuning (or of the error that stopped it: the post-training candidates still stand)."""
     int8 = cfg.int8
     record: dict[str, Any] = {"steps": int8.qat_steps, "learning_rate": int8.qat_learning_rate}
     try:
-        plain, fused = qat(scratch)
+        plain, fused = qat(scratch, skip_layer_norm)
     except Exception as err:  # noqa: BLE001 - an extra; the post-training candidates are still shipped
         return {**record, "error": str(err).splitlines()[0] if str(err) else repr(err)}
     specs = qat_specs(int8, plain, fused)
     candidates.extend(build_candidates(specs, scratch, pool, cfg, prepare, prefix="qat"))
     return {**record, "candidates": [spec.label for spec in specs]}
-
-
-def _optimize(
-    bundle_dir: Path,
-    cfg: ExportConfig,
-    validation: Sequence[dict[str, list[int]]],
-    labels: np.ndarray,
-    metric_names: Sequence[str],
-    model_config: dict[str, Any],
-    record: dict[str, Any],
-) -> Path | None:
-    """Write the fused graph and check it on dev against the plain graph's logits; None when off or outside budget."""
-    if not cfg.optimize:
-        return None
-    target = bundle_dir / OPTIMIZED_FILE
-    fused = optimize_graph(
-        bundle_dir / "model.onnx", target, model_config["num_attention_heads"], model_config["hidden_size"]
-    )
-    reference = np.load(bundle_dir / DEV_LOGITS_FILE)
-    check = compare_outputs(reference, onnx_logits(create_session(target), validation), labels, metric_names)
-    kept = check["flip_rate"] <= cfg.optimize_max_flip_rate
-    record.update(fused_ops=fused, kept=kept, **{k: check[k] for k in ("flip_rate", "metric_drop", "max_abs_diff")})
-    if kept:
-        return target
-    target.unlink()
-    record["reason"] = (
-        f"flip rate {check['flip_rate']:.2%} exceeds export.optimize_max_flip_rate {cfg.optimize_max_flip_rate:.2%}; "
-        "the unoptimised graph is kept"
-    )
-    return None
-
-
-def _choose_fp32(bundle_dir: Path, timed: dict[str, float], record: dict[str, Any], seq: int) -> None:
-    """Keep the fused graph only when it is faster than the plain one at batch 1."""
-    if "fp32-opt" not in timed:
-        return
-    record.update(p50_ms=timed["fp32-opt"], plain_p50_ms=timed["fp32"])
-    if timed["fp32-opt"] < timed["fp32"]:
-        return
-    (bundle_dir / OPTIMIZED_FILE).unlink(missing_ok=True)
-    record["kept"] = False
-    record["reason"] = (
-        f"the fused graph was not faster than the plain one at batch 1, sequence {seq} ({timed['fp32-opt']:.2f} vs "
-        f"{timed['fp32']:.2f} ms p50); the plain graph is shipped"
-    )
 
 
 def _ship_int8(

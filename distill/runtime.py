@@ -25,6 +25,9 @@ benchmarked as precision ``int8-over-budget`` so the report shows what quantisin
 NO_LENGTH_LIMIT = 1_000_000
 TEXT_PAIR_KEY = "distill_text_pair"
 """Key distill adds to a bundle's ``config.json``: whether the model reads sentence pairs."""
+DISABLED_OPTIMIZERS_KEY = "distill_disabled_optimizers"
+"""Key distill adds to a bundle's ``config.json``: the ONNX Runtime graph optimisers its sessions switch off, because
+the export stage measured the bundle's graphs faster without them (:func:`distill.optimize.optimize_bundle`)."""
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -33,15 +36,31 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def create_session(model_path: Path | str, threads: int | None = None) -> ort.InferenceSession:
+def bundle_disabled_optimizers(bundle_dir: Path | str) -> tuple[str, ...]:
+    """The ONNX Runtime optimisers a bundle's ``config.json`` says to switch off (none when it says nothing)."""
+    path = Path(bundle_dir) / "config.json"
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")).get(DISABLED_OPTIMIZERS_KEY, [])
+    except (OSError, ValueError, AttributeError):  # no bundle beside the graph (a scratch file), or not a dict
+        return ()
+    return tuple(str(name) for name in names)
+
+
+def create_session(
+    model_path: Path | str, threads: int | None = None, disabled_optimizers: Sequence[str] | None = None
+) -> ort.InferenceSession:
     """A CPU session with a reproducible threading setup.
 
     Args:
         model_path: the ``.onnx`` file.
         threads: intra-op threads; ``None`` lets ONNX Runtime pick. Inter-op parallelism is off (one thread,
             sequential execution) so that latency numbers depend on ``threads`` alone.
+        disabled_optimizers: ONNX Runtime graph optimisers to switch off; ``None``: those the bundle beside
+            ``model_path`` records (:data:`DISABLED_OPTIMIZERS_KEY`), so every file of a bundle runs as it was timed.
     """
     model_path = Path(model_path)
+    if disabled_optimizers is None:
+        disabled_optimizers = bundle_disabled_optimizers(model_path.parent)
     if not model_path.is_file():
         raise ExportError(f"ONNX model {model_path} does not exist; run `distill export` first or fix the path")
     options = ort.SessionOptions()
@@ -51,7 +70,8 @@ def create_session(model_path: Path | str, threads: int | None = None) -> ort.In
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"], **extra)
     except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for unreadable graphs
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ExportError(

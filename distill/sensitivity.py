@@ -138,6 +138,7 @@ def sensitive_nodes(
     candidate: np.ndarray,
     num_layers: int,
     threads: int | None = None,
+    disabled_optimizers: Sequence[str] = (),
 ) -> Search:
     """The nodes of ``spec`` to keep in fp32 so that its violations on the search rows fit the pool's budget.
 
@@ -146,6 +147,7 @@ def sensitive_nodes(
         pool: the tokenised rows the budget is judged on (dev, then training rows).
         reference: ``(len(pool), num_labels)`` logits of the fp32 graph at batch 1.
         candidate: the same for ``spec``'s graph, which broke the budget.
+        disabled_optimizers: ONNX Runtime optimisers switched off in the trial sessions, as in the bundle's.
     """
     cfg = prepared.cfg
     rows = search_rows(reference, candidate, cfg.sensitivity_examples)
@@ -156,7 +158,7 @@ def sensitive_nodes(
 
     def measure(excluded: tuple[str, ...]) -> Trial:
         prepared.quantize(replace(spec, exclude_nodes=excluded), target)
-        logits = onnx_logits(create_session(target, threads), subset, batch_size=1)
+        logits = onnx_logits(create_session(target, threads, disabled_optimizers), subset, batch_size=1)
         violations = int(row_violations(subset_reference, logits, cfg).sum())
         mean_diff = float(np.abs(subset_reference - logits).mean())
         return Trial(excluded, violations, mean_diff, violations <= allowed)

@@ -29,11 +29,16 @@ def interleaved_p50(
     block: int = 10,
     settle: int = 3,
 ) -> dict[str, float]:
-    """Median milliseconds per call of each runner, timed in turns so that a busy moment hits all of them alike.
+    """Milliseconds per call of each runner, timed in rounds of turns, with each round's common slowdown removed.
 
-    Each turn runs one runner ``block`` times and times all but the first ``settle`` calls: ONNX Runtime's worker
-    threads keep spinning for a while after a call, so a graph called right after another one runs beside the other's
-    spinning threads (measured on 2 cores: three times slower when the turns were single calls).
+    Each round gives every runner one turn: ``block`` consecutive calls, all but the first ``settle`` timed. ONNX
+    Runtime's worker threads keep spinning for a while after a call, so a graph called right after another one runs
+    beside the other's spinning threads (measured on 2 cores: three times slower when the turns were single calls).
+    A shared machine also has slow spells lasting seconds (1.4x on a 2-core cloud EPYC) that hit whichever graphs
+    run then; since they last longer than a round, each round's spell is estimated as the median over runners of
+    their turn's log-time against their own median, and divided out (one step of a median polish). A runner's time
+    is then the median over rounds of its adjusted turn medians: what it takes at the machine's typical speed, and in
+    the same units for every runner, so ratios between runners no longer depend on when each happened to run.
 
     Args:
         runners: ``{name: (run one batch, the input names it takes)}``.
@@ -47,12 +52,17 @@ def interleaved_p50(
     for name, (run, _) in runners.items():
         for _ in range(warmup):
             run(inputs[name])
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(-(-iterations // (block - settle))):
-        for name, (run, _) in runners.items():
+    rounds = -(-iterations // (block - settle))
+    turns = np.empty((rounds, len(runners)))  # log of each turn's median seconds
+    for round_index in range(rounds):
+        for column, (name, (run, _)) in enumerate(runners.items()):
+            seconds = []
             for call in range(block):
                 tick = time.perf_counter()
                 run(inputs[name])
                 if call >= settle:
-                    seconds[name].append(time.perf_counter() - tick)
-    return {name: float(np.median(values) * 1000.0) for name, values in seconds.items()}
+                    seconds.append(time.perf_counter() - tick)
+            turns[round_index, column] = np.log(max(float(np.median(seconds)), 1e-9))
+    spells = np.median(turns - np.median(turns, axis=0), axis=1, keepdims=True)  # (rounds, 1): each round's spell
+    adjusted = np.median(turns - spells, axis=0)
+    return {name: float(np.exp(value) * 1000.0) for name, value in zip(runners, adjusted, strict=True)}

@@ -116,15 +116,58 @@ def test_optimisation_outside_budget_keeps_the_unoptimised_graph(exported, tmp_p
 
 
 def test_a_fused_graph_slower_than_the_plain_one_is_not_shipped(exported, tmp_path, monkeypatch):
-    import distill.optimize
+    import distill.fusion
 
     bundle, rows, labels = exported
     bundle = fresh_copy(bundle, tmp_path)
-    monkeypatch.setattr(distill.optimize, "interleaved_p50", lambda *args: {"fp32": 1.0, "fp32-opt": 1.5})
+    timed = {"fused": 1.4, "apart": 1.5, "fp32": 1.0, "fp32-opt": 1.5}
+    monkeypatch.setattr(distill.fusion, "interleaved_p50", lambda runners, *args: {key: timed[key] for key in runners})
     record = optimise(bundle, EXPORT.model_copy(update={"int8": Int8Config(enabled=False)}), rows, labels)
     optimized = record["optimized"]
     assert optimized["p50_ms"] == 1.5 and optimized["plain_p50_ms"] == 1.0
     assert not optimized["kept"] and not (bundle / OPTIMIZED_FILE).exists() and "not faster" in optimized["reason"]
+
+
+@pytest.mark.parametrize("faster", ["apart", "fused"])
+def test_the_faster_layer_norm_layout_ships_and_the_bundle_serves_it_as_timed(exported, tmp_path, monkeypatch, faster):
+    import onnx
+
+    import distill.fusion
+    import distill.runtime
+    from distill.fusion import SKIP_LAYER_NORM_FUSION
+    from distill.report.model_card import _session_options
+    from distill.runtime import DISABLED_OPTIMIZERS_KEY, bundle_disabled_optimizers
+
+    bundle, rows, labels = exported
+    bundle = fresh_copy(bundle, tmp_path)
+    config = read_json(bundle / "config.json")
+    (bundle / "config.json").write_text(json.dumps({**config, DISABLED_OPTIMIZERS_KEY: ["Stale"]}))  # earlier run
+    timed = {"fused": 2.0, "apart": 2.0, faster: 1.0, "fp32": 3.0, "fp32-opt": 1.0}
+    monkeypatch.setattr(distill.fusion, "interleaved_p50", lambda runners, *args: {key: timed[key] for key in runners})
+    record = optimise(bundle, EXPORT.model_copy(update={"int8": Int8Config(enabled=False)}), rows, labels)
+
+    choice = record["optimized"]["layer_norm"]
+    assert choice == {"kept": faster, "fused_p50_ms": timed["fused"], "apart_p50_ms": timed["apart"]}
+    ops = [node.op_type for node in onnx.load(str(bundle / OPTIMIZED_FILE)).graph.node]
+    assert ("SkipLayerNormalization" in ops) == (faster == "fused")
+    assert ("LayerNormalization" in ops) == (faster == "apart") and "Attention" in ops
+    assert record["optimized"]["kept"] and record["optimized"]["flip_rate"] == 0.0
+    assert not list(bundle.glob(".apart*")), "the slower layout is not left in the bundle"
+    expected = (SKIP_LAYER_NORM_FUSION,) if faster == "apart" else ()
+    assert bundle_disabled_optimizers(bundle) == expected, "the stale choice is replaced"
+    rest = {key: value for key, value in read_json(bundle / "config.json").items() if key != DISABLED_OPTIMIZERS_KEY}
+    assert rest == {key: value for key, value in config.items() if key != DISABLED_OPTIMIZERS_KEY}, "the rest is kept"
+    assert bool(_session_options(bundle)) == (faster == "apart")
+
+    opened = []
+    real = distill.runtime.ort.InferenceSession
+    monkeypatch.setattr(
+        distill.runtime.ort, "InferenceSession", lambda *args, **kwargs: opened.append(kwargs) or real(*args, **kwargs)
+    )
+    served = OnnxClassifier(bundle, model_file=OPTIMIZED_FILE)
+    assert opened[-1].get("disabled_optimizers", []) == list(expected), "sessions of the bundle run as timed"
+    logits = onnx_logits(served.session, rows)
+    assert np.abs(logits - np.load(bundle / "dev_logits.npy")).max() < 1e-4
 
 
 def test_static_qdq_candidate_loads_in_onnxruntime_and_matches_fp32(exported, tmp_path):
@@ -357,7 +400,7 @@ def test_quantisation_leaves_no_scratch_files_in_the_working_directory(exported,
 def test_excluded_op_types_keep_fused_attention_in_fp32_and_quantise_the_rest(exported, tmp_path):
     import onnx
 
-    from distill.optimize import optimize_graph
+    from distill.fusion import optimize_graph
 
     bundle, _, _ = exported
     fused = tmp_path / "fused.onnx"
@@ -390,7 +433,7 @@ def test_embedding_candidate_quantises_the_tables(exported, tmp_path):
 def test_embedding_candidate_of_the_fused_graph_quantises_its_embed_layer_norm(exported, tmp_path):
     import onnx
 
-    from distill.optimize import optimize_graph
+    from distill.fusion import optimize_graph
 
     bundle, rows, _ = exported
     fused = tmp_path / "fused.onnx"
@@ -501,3 +544,30 @@ def test_interleaved_timing_runs_each_graph_in_turns_of_several_calls_and_times_
     assert calls[:10] == ["a"] * 5 + ["b"] * 5, "one turn is a block of consecutive calls of one graph"
     assert len(calls) == 2 * 5 * 3, "ceil(7 / 3) turns of each graph"
     assert set(p50) == {"a", "b"} and max(p50.values()) < 25, "the slowed first call of each turn is not timed"
+
+
+def test_interleaved_timing_divides_out_a_slow_spell_that_hit_some_graphs_more_than_others(monkeypatch):
+    import distill.timing
+    from distill.timing import interleaved_p50, latency_inputs
+
+    clock = [0.0]
+    monkeypatch.setattr(distill.timing.time, "perf_counter", lambda: clock[0])
+    base = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}  # ms
+    calls = dict.fromkeys(base, 0)
+
+    def runner(name: str):
+        def run(feeds):
+            turn = calls[name] // 2  # two calls per turn, so the turn's index is the round's
+            slow = turn < 2 or (turn == 2 and name != "d")  # a spell over rounds 0-1 and most of round 2
+            clock[0] += base[name] * (1.5 if slow else 1.0) / 1000
+            calls[name] += 1
+
+        return run, ["input_ids"]
+
+    feeds = latency_inputs(np.arange(10, 20), 1, 4, seed=0)
+    timed = interleaved_p50({name: runner(name) for name in base}, feeds, warmup=0, iterations=10, block=2, settle=0)
+    assert calls == dict.fromkeys(base, 10), "five rounds of one two-call turn per graph"
+    ratios = {name: timed[name] / timed["a"] for name in base}
+    assert ratios == pytest.approx({name: base[name] / base["a"] for name in base}), (
+        "a plain median per graph gives d/a = 2.67 here: d ran its third turn after the spell ended"
+    )

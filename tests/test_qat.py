@@ -184,8 +184,8 @@ def test_qat_candidates_join_the_post_training_ones_and_are_recorded(exported, t
     dev_logits = np.load(bundle / "dev_logits.npy")
     built = []
 
-    def qat(scratch: Path) -> tuple[Path, Path | None]:  # stands in for the fine-tuning: the same weights
-        built.append(scratch)
+    def qat(scratch: Path, skip_layer_norm: bool) -> tuple[Path, Path | None]:  # the fine-tuning: same weights
+        built.append((scratch, skip_layer_norm))
         shutil.copyfile(bundle / "model.onnx", scratch / "qat.onnx")
         return scratch / "qat.onnx", None
 
@@ -196,7 +196,7 @@ def test_qat_candidates_join_the_post_training_ones_and_are_recorded(exported, t
     candidates = record["int8"]["candidates"]
     post_training = [c for c in candidates if not c["qat"]]
     qat_built = [c for c in candidates if c["qat"]]
-    assert len(built) == 1
+    assert len(built) == 1 and built[0][1] == (record["optimized"]["layer_norm"]["kept"] == "fused")
     assert record["int8"]["qat"]["candidates"] == [c["setting"] for c in qat_built]
     assert [c["setting"] for c in qat_built] == [
         "QAT dynamic per-channel (plain)",

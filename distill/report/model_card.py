@@ -11,7 +11,12 @@ from distill.metrics import metric_name
 from distill.records import BenchResults, StudentRecord, TeacherEval
 from distill.report.markdown import section
 from distill.report.results import PRECISION_FILES, RunView, bundle_names, holds_model
-from distill.runtime import PREFERRED_MODEL_FILES, best_model_file
+from distill.runtime import (
+    DISABLED_OPTIMIZERS_KEY,
+    PREFERRED_MODEL_FILES,
+    best_model_file,
+    bundle_disabled_optimizers,
+)
 
 
 def _provenance(layout: RunLayout, name: str, metric: str) -> list[str]:
@@ -37,6 +42,19 @@ def _noise(layout: RunLayout, results: BenchResults) -> str:
         f"- One training run: on these {examples} dev examples one model's {metric_name(results.metric)} has a "
         f"standard error near {100 * value:.1f} points ({how}), so smaller differences between models are within noise."
     )
+
+
+def _session_options(bundle: Path) -> list[str]:
+    """How to create the session as distill timed it, when the bundle switches ONNX Runtime optimisers off."""
+    disabled = bundle_disabled_optimizers(bundle)
+    if not disabled:
+        return []
+    names = ", ".join(f'"{name}"' for name in disabled)
+    return [
+        f"Pass `disabled_optimizers=[{names}]` to `InferenceSession` (listed in `config.json` under "
+        f"`{DISABLED_OPTIMIZERS_KEY}`): the export stage measured this bundle's graphs faster without them. Without it "
+        "the outputs agree to float rounding and the graph runs slower."
+    ]
 
 
 def model_card(run_dir: Path, name: str, results: BenchResults) -> str:
@@ -96,6 +114,7 @@ def model_card(run_dir: Path, name: str, results: BenchResults) -> str:
         f"Without distill: load `{default_file}` with `onnxruntime.InferenceSession` and `tokenizer.json` with "
         "`tokenizers.Tokenizer.from_file`; feed `input_ids`, `attention_mask` (and `token_type_ids`) as int64 "
         "arrays padded with 0; `logits` come back; `config.json` maps class ids to labels (`id2label`).",
+        *_session_options(bundle),
         "",
         "## Caveats",
         "",
@@ -108,6 +127,12 @@ def model_card(run_dir: Path, name: str, results: BenchResults) -> str:
     for key, part in (("optimized", fidelity.optimized), ("int8", fidelity.int8)):
         if part is not None and part.reason:
             lines.append(f"- {key}: {part.reason}.")
+    layer_norm = fidelity.optimized.layer_norm if fidelity.optimized else None
+    if layer_norm is not None and layer_norm.fused_p50_ms and layer_norm.apart_p50_ms:
+        lines.append(
+            f"- optimized: residual LayerNorms {layer_norm.kept}, the faster at batch 1 ({layer_norm.apart_p50_ms:.2f} "
+            f"ms apart, {layer_norm.fused_p50_ms:.2f} ms fused into SkipLayerNormalization)."
+        )
     return "\n".join(lines) + "\n"
 
 
