@@ -28,12 +28,15 @@ def interleaved_p50(
     iterations: int,
     block: int = 10,
     settle: int = 3,
+    pause: float = 0.03,
 ) -> dict[str, float]:
     """Milliseconds per call of each runner, timed in rounds of turns, with each round's common slowdown removed.
 
-    Each round gives every runner one turn: ``block`` consecutive calls, all but the first ``settle`` timed. ONNX
-    Runtime's worker threads keep spinning for a while after a call, so a graph called right after another one runs
-    beside the other's spinning threads (measured on 2 cores: three times slower when the turns were single calls).
+    Each round gives every runner one turn: ``block`` consecutive calls, all but the first ``settle`` timed, after a
+    ``pause``. ONNX Runtime's worker threads keep spinning for a while after a call, so a graph called right after
+    another one runs beside the other's spinning threads: on 2 cores, three times slower when the turns were single
+    calls, and on a 2-core EPYC up to 2.2x slower (one of six sessions of the same graph at 7 ms, others at 3.5 ms)
+    until each turn waited 30 ms for the previous session's threads to go to sleep.
     A shared machine also has slow spells lasting seconds (1.4x on a 2-core cloud EPYC) that hit whichever graphs
     run then; since they last longer than a round, each round's spell is estimated as the median over runners of
     their turn's log-time against their own median, and divided out (one step of a median polish). A runner's time
@@ -46,6 +49,7 @@ def interleaved_p50(
         warmup: untimed calls of each runner first.
         iterations: timed calls of each runner (rounded up to whole turns).
         block / settle: calls per turn, and how many of them go untimed.
+        pause: seconds of sleep before each turn.
     """
     assert 0 <= settle < block, "a turn times at least one call"
     inputs = {name: {key: feeds[key] for key in names} for name, (_, names) in runners.items()}
@@ -56,6 +60,7 @@ def interleaved_p50(
     turns = np.empty((rounds, len(runners)))  # log of each turn's median seconds
     for round_index in range(rounds):
         for column, (name, (run, _)) in enumerate(runners.items()):
+            time.sleep(pause)
             seconds = []
             for call in range(block):
                 tick = time.perf_counter()

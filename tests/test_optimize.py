@@ -565,7 +565,8 @@ def test_interleaved_timing_divides_out_a_slow_spell_that_hit_some_graphs_more_t
         return run, ["input_ids"]
 
     feeds = latency_inputs(np.arange(10, 20), 1, 4, seed=0)
-    timed = interleaved_p50({name: runner(name) for name in base}, feeds, warmup=0, iterations=10, block=2, settle=0)
+    runners = {name: runner(name) for name in base}
+    timed = interleaved_p50(runners, feeds, warmup=0, iterations=10, block=2, settle=0, pause=0)
     assert calls == dict.fromkeys(base, 10), "five rounds of one two-call turn per graph"
     ratios = {name: timed[name] / timed["a"] for name in base}
     assert ratios == pytest.approx({name: base[name] / base["a"] for name in base}), (
