@@ -93,7 +93,7 @@ def main() -> None:
         print(result["bundle"])
         for key, value in p50.items():
             split = ", ".join(f"{op} {ms:.2f}" for op, ms in ops[key].items())
-            print(f"  {key:11s} p50 {value:6.2f} ms   ({split} ms per call)")
+            print(f"  {key:11s} p50 {value:6.2f} ms   ({split} ms per inference, summed over the nodes)")
         print("  apart vs fused: " + ", ".join(f"{p} {x:.2f}x" for p, x in result["apart_speedup"].items()))
     if args.out:
         host = {**host_info(), "python": platform.python_version(), "onnxruntime": ort.__version__}

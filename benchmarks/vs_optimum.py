@@ -4,6 +4,8 @@ process and scored on the dev split.
 Usage (after `bash benchmarks/vs_optimum.sh RUN_DIR STUDENT OUT`, which exports and quantises with Optimum's CLI in
 its own virtual environment and then calls this):
     python benchmarks/vs_optimum.py --run-dir RUN_DIR --student STUDENT --optimum OUT/optimum --out OUT
+Without ``--optimum`` it times only the run's own graphs beside the teacher in PyTorch: the acceptance ratios of a run,
+measured side by side rather than one artifact after another as ``distill bench`` does.
 
 Every artifact runs at batch 1 on every dev example (accuracy, agreement with the teacher, flips against the same
 model's fp32 ONNX graph) and is timed at batch 1 and sequence 128 (dev-set tokens, no padding), interleaved round
@@ -31,7 +33,7 @@ from distill.runtime import INT8_FILE, OPTIMIZED_FILE, OVER_BUDGET_INT8_FILE, cr
 from distill.timing import interleaved_p50, latency_inputs
 
 
-def artifacts(run_dir: Path, student: str, optimum: Path) -> dict[str, Path]:
+def artifacts(run_dir: Path, student: str, optimum: Path | None) -> dict[str, Path]:
     """Every ONNX graph to compare, by label; files a run did not ship are left out."""
     found: dict[str, Path] = {}
     for name in ("teacher", student):
@@ -44,7 +46,7 @@ def artifacts(run_dir: Path, student: str, optimum: Path) -> dict[str, Path]:
         ):
             if (bundle / file_name).is_file():
                 found[f"{name} distill {what}"] = bundle / file_name
-        for what in ("fp32", "int8"):
+        for what in ("fp32", "int8") if optimum else ():
             graphs = sorted((optimum / name / what).glob("*.onnx"))
             if graphs:
                 found[f"{name} optimum {what}"] = graphs[0]
@@ -55,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--student", required=True)
-    parser.add_argument("--optimum", type=Path, required=True, help="OUT/optimum from vs_optimum.sh")
+    parser.add_argument("--optimum", type=Path, help="OUT/optimum from vs_optimum.sh (default: distill's graphs only)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: every core)")
     parser.add_argument("--seq", type=int, default=128)
@@ -124,7 +126,9 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": f"bash benchmarks/vs_optimum.sh {args.run_dir} {args.student} {args.out}",
+        "command": f"bash benchmarks/vs_optimum.sh {args.run_dir} {args.student} {args.out}"
+        if args.optimum
+        else f"python benchmarks/vs_optimum.py --run-dir {args.run_dir} --student {args.student} --out {args.out}",
         "date": time.strftime("%Y-%m-%d"),
         "host": host_info(),
         "versions": library_versions(),
