@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import click
 import datasets
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ from distill.fidelity import padding_check
 from distill.files import write_json
 from distill.layout import TEACHER, TWIN_SUFFIX, RunLayout
 from distill.metrics import agreement, compute_metrics, predictions_from_logits
-from distill.records import BenchResults
+from distill.records import ArtifactRow, BenchResults
 from distill.runtime import (
     MODEL_FILES,
     OVER_BUDGET_INT8_FILE,
@@ -36,7 +37,7 @@ from distill.runtime import (
     onnx_logits,
     padded_feeds,
 )
-from distill.timing import latency_inputs
+from distill.timing import interleaved_p50, latency_inputs
 
 MIN_TIMED_ITERATIONS = 5
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
@@ -198,6 +199,26 @@ def time_point(run: Runner, feeds: dict[str, np.ndarray], cfg: BenchConfig) -> d
     }
 
 
+def _side_by_side(
+    runners: dict[str, tuple[Runner, list[str]]], token_pool: np.ndarray, seq: int, threads: int, cfg: BenchConfig
+) -> list[dict[str, Any]]:
+    """Every artifact at batch 1 and ``seq``, timed in turns round after round (:func:`interleaved_p50`)."""
+    feeds = latency_inputs(token_pool, 1, seq, seed=seq)
+    click.echo(f"[bench] timing all {len(runners)} artifact(s) side by side at batch 1, sequence {seq}")
+    timed = interleaved_p50(runners, feeds, cfg.warmup, cfg.side_by_side_iterations)
+    return [
+        {
+            **json.loads(key),
+            "batch": 1,
+            "seq": seq,
+            "threads": threads,
+            "p50_ms": p50,
+            "iterations": cfg.side_by_side_iterations,
+        }
+        for key, p50 in timed.items()
+    ]
+
+
 def benchmark_artifacts(
     artifacts: list[Artifact],
     validation: datasets.Dataset,
@@ -233,6 +254,8 @@ def benchmark_artifacts(
     latency_rows: list[dict[str, Any]] = []
     replay_rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
+    side_rows: list[dict[str, Any]] = []
+    runners: dict[str, tuple[Runner, list[str]]] = {}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     progress = tqdm(total=len(ordered) * len(cfg.batch_sizes) * len(cfg.seq_lengths), desc="benchmarking")
@@ -259,6 +282,7 @@ def benchmark_artifacts(
                 "runtime": artifact.runtime,
                 "precision": artifact.precision,
             }
+            runners[json.dumps(identity)] = (run, names)
             for batch in cfg.batch_sizes:
                 for seq in cfg.seq_lengths:
                     progress.set_postfix_str(f"{artifact.name}/{artifact.runtime} b{batch} s{seq}")
@@ -278,6 +302,8 @@ def benchmark_artifacts(
                     timing = time_point(swept, {name: feeds[name] for name in names}, cfg)
                     sweep_rows.append({**identity, "batch": 1, "seq": seq, "threads": count, **timing})
                 torch.set_num_threads(threads)
+        if cfg.side_by_side_iterations:
+            side_rows = _side_by_side(runners, token_pool, max(cfg.seq_lengths), threads, cfg)
     finally:
         progress.close()
         torch.set_num_threads(previous_threads)
@@ -292,6 +318,7 @@ def benchmark_artifacts(
         "latency": latency_rows,
         "replay": replay_rows,
         "thread_sweep": sweep_rows,
+        "side_by_side": side_rows,
     }
     write_json(Path(out_path), results)
     return results
@@ -335,18 +362,26 @@ def bench_models(config: Config, data: TaskData, layout: RunLayout, names: list[
 
 
 def _fastest_line(results: BenchResults) -> str:
-    point = results.single_request_point()
+    """The stage's closing line: the fastest distilled student file against the teacher in PyTorch, side by side
+    when that timing ran (else at the grid's single-request point)."""
+    side = results.side_by_side
+    point = (side[0].batch, side[0].seq) if side else results.single_request_point()
+
+    def p50(row: ArtifactRow) -> float | None:
+        return results.side_by_side_p50(row) if side else results.p50(row, *point) if point else None
+
     teacher = results.teacher_row()
-    reference = results.p50(teacher, *point) if point else None
-    timed = [(results.p50(row, *point), row) for row in results.artifacts if row.role == "student" and point]
-    timed = [(p50, row) for p50, row in timed if p50]
-    distilled = [(p50, row) for p50, row in timed if not row.name.endswith(TWIN_SUFFIX)]
+    reference = p50(teacher)
+    timed = [(p50(row), row) for row in results.artifacts if row.role == "student"]
+    timed = [(latency, row) for latency, row in timed if latency]
+    distilled = [(latency, row) for latency, row in timed if not row.name.endswith(TWIN_SUFFIX)]
     timed = distilled or timed  # a label-only twin is a control, named only when it is all there is
-    if not timed or not reference:
+    if not timed or not reference or not point:
         return f"{len(results.artifacts)} artifact(s) measured"
-    p50, row = min(timed, key=lambda item: item[0])
+    fastest, row = min(timed, key=lambda item: item[0])
+    how = " (side by side)" if side else ""
     return (
-        f"{len(results.artifacts)} artifact(s) measured; fastest student file {row.label}: {reference / p50:.2f}x the "
-        f"teacher's PyTorch speed at batch {point[0]}, sequence {point[1]}, dev {results.metric} "
+        f"{len(results.artifacts)} artifact(s) measured; fastest student file {row.label}: {reference / fastest:.2f}x "
+        f"the teacher's PyTorch speed at batch {point[0]}, sequence {point[1]}{how}, dev {results.metric} "
         f"{row.metrics[results.metric]:.4f} vs {teacher.metrics[results.metric]:.4f}"
     )

@@ -673,6 +673,10 @@ class BenchConfig(Strict):
     """Timed runs per grid point (at most)."""
     max_seconds_per_point: PositiveFloat = 10.0
     """Stop timing a grid point after this many seconds (after at least 5 runs)."""
+    side_by_side_iterations: NonNegativeInt = 60
+    """Timed runs per artifact of one more timing at batch 1 and the longest sequence length, with every artifact
+    timed in turns round after round in the same process, so that a slow spell of the machine hits all of them alike;
+    the report quotes its ratios beside the grid's. 0 turns it off."""
 
 
 class Config(Strict):

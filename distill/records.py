@@ -273,6 +273,7 @@ class BenchResults(Record):
     latency: list[LatencyRow] = []
     replay: list[ReplayRow] = []
     thread_sweep: list[LatencyRow] = []
+    side_by_side: list[LatencyRow] = []  # batch 1, longest sequence, every artifact timed in turns (older runs: none)
 
     @property
     def metric(self) -> str:
@@ -292,6 +293,11 @@ class BenchResults(Record):
     def p50(self, row: ArtifactRow | None, batch: int, seq: int) -> float | None:
         """``row``'s median latency at ``(batch, seq)``, or None when it was not measured there."""
         point = self.latency_of(row, batch, seq) if row is not None else None
+        return None if point is None else point.p50_ms
+
+    def side_by_side_p50(self, row: ArtifactRow | None) -> float | None:
+        """``row``'s p50 in the side-by-side timing, or None when it was not timed there."""
+        point = next((p for p in self.side_by_side if row is not None and p.key == row.key), None)
         return None if point is None else point.p50_ms
 
     def points(self) -> list[tuple[int, int]]:

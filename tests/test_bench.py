@@ -155,3 +155,36 @@ def test_stage_line_names_the_fastest_distilled_student_not_its_twin() -> None:
         host={}, metric_names=["accuracy"], artifacts=rows[:1] + twin[0], latency=latency[:1] + twin[1]
     )
     assert "distil3-twin (onnxruntime, int8): 5.19x" in _fastest_line(only_twin)
+    side = [point("teacher", "teacher", "fp32", 21.0), point("distil3", "student", "int8", 3.0)]
+    both = results.model_copy(update={"side_by_side": side})
+    assert "distil3 (onnxruntime, int8): 7.00x the teacher's PyTorch speed at batch 1, sequence 128 (side by side)" in (
+        _fastest_line(both)
+    ), "the side-by-side timing, when it ran, gives the quoted ratio"
+
+
+def test_report_quotes_side_by_side_ratios_against_the_teacher_and_its_int8() -> None:
+    from types import SimpleNamespace
+
+    from distill.records import ArtifactRow, BenchResults, LatencyRow
+    from distill.report.latency import side_by_side_section
+
+    def point(name: str, role: str, runtime: str, precision: str, p50: float) -> LatencyRow:
+        return LatencyRow(name=name, role=role, runtime=runtime, precision=precision, batch=1, seq=128, p50_ms=p50)
+
+    teacher = ArtifactRow(
+        name="teacher", role="teacher", runtime="pytorch", precision="fp32", size_bytes=1, parameters=1, metrics={}
+    )
+    side = [
+        point("teacher", "teacher", "pytorch", "fp32", 24.0),
+        point("teacher", "teacher", "onnxruntime", "int8-over-budget", 8.0),
+        point("distil3", "student", "onnxruntime", "int8", 4.0),
+    ]
+    results = BenchResults(host={}, metric_names=["accuracy"], artifacts=[teacher], side_by_side=side)
+    lines = side_by_side_section(SimpleNamespace(results=results, teacher=teacher))
+    assert lines[0] == "## Side by side (batch 1, sequence 128)"
+    assert "| distil3 | onnxruntime | int8 | 4.00 | 6.00x | 2.00x |" in lines, lines
+    assert lines.index("| distil3 | onnxruntime | int8 | 4.00 | 6.00x | 2.00x |") < lines.index(
+        "| teacher | pytorch | fp32 | 24.00 | 1.00x | 0.33x |"
+    ), "fastest first"
+    older = BenchResults(host={}, metric_names=["accuracy"], artifacts=[teacher])
+    assert side_by_side_section(SimpleNamespace(results=older, teacher=teacher)) == [], "runs from before: no section"

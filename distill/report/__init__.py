@@ -12,7 +12,21 @@ from pathlib import Path
 
 from distill.files import write_text
 from distill.layout import BARS_FILE, SCATTER_FILE, STAGE1_FILE, RunLayout
-from distill.report.markdown import report_lines
+from distill.report.latency import latency_section, replay_section, side_by_side_section, sweep_section
+from distill.report.markdown import (
+    artifact_section,
+    budget_section,
+    busy_host,
+    deployment_section,
+    fidelity_section,
+    header,
+    plots_section,
+    slower_students,
+    stage1_section,
+    students_section,
+    teacher_section,
+    trivial_students,
+)
 from distill.report.model_card import write_model_cards
 from distill.report.plots import plot_accuracy_vs_latency, plot_latency_bars, plot_stage1_losses
 from distill.report.results import RunView, holds_model, stage1_logs
@@ -50,3 +64,25 @@ def report_outputs(run_dir: Path, bundle_names: list[str]) -> list[Path]:
     plots = [SCATTER_FILE, BARS_FILE] + ([STAGE1_FILE] if stage1_logs(layout) else [])
     cards = [layout.model_card(name) for name in bundle_names if holds_model(layout, name)]
     return [layout.report, layout.statistics, *(layout.plot(name) for name in plots), *cards]
+
+
+def report_lines(view: RunView, statistics: list[str]) -> list[str]:
+    """Every section of report.md in order; ``statistics`` is the statistics section (empty without one)."""
+    warnings = busy_host(view) + slower_students(view) + trivial_students(view)
+    return [
+        *header(view),
+        *([*warnings, ""] if warnings else []),
+        *teacher_section(view),
+        *budget_section(view),
+        *artifact_section(view),
+        *latency_section(view),
+        *side_by_side_section(view),
+        *replay_section(view),
+        *sweep_section(view),
+        *students_section(view),
+        *statistics,
+        *stage1_section(view),
+        *fidelity_section(view),
+        *deployment_section(view),
+        *plots_section(view.layout, view.metric),
+    ]

@@ -1,4 +1,5 @@
-"""The sections of report.md, each a list of lines, and the one Markdown table helper every table writer uses."""
+"""The sections of report.md, each a list of lines (the latency ones in :mod:`distill.report.latency`, their order in
+:func:`distill.report.report_lines`), and the one Markdown table helper every table writer uses."""
 
 from __future__ import annotations
 
@@ -217,48 +218,6 @@ def deployment_section(view: RunView) -> list[str]:
     return [*lines, *comparisons, *([""] if comparisons else [])]
 
 
-def latency_section(view: RunView) -> list[str]:
-    rows = []
-    for batch, seq in view.points:
-        teacher = view.p50(view.teacher, batch, seq)
-        for row in view.artifacts:
-            point = view.results.latency_of(row, batch, seq)
-            if point is None:
-                continue
-            speedup = teacher / point.p50_ms if teacher and point.p50_ms > 0 else None
-            rows.append(
-                [str(batch), str(seq), row.name, row.runtime, row.precision, f"{point.p50_ms:.2f}"]
-                + [f"{point.p90_ms:.2f}", f"{point.p99_ms:.2f}", f"{point.throughput_per_s:.1f}", fmt_ratio(speedup)]
-            )
-    columns = ["batch", "seq", "artifact", "runtime", "precision", "p50 (ms)", "p90 (ms)", "p99 (ms)"]
-    intro = "Speed-up is the teacher's PyTorch p50 divided by the artifact's p50 at the same batch and sequence length."
-    return section("Latency", [*columns, "throughput (seq/s)", "speed-up"], rows, intro)
-
-
-def replay_section(view: RunView) -> list[str]:
-    replay = view.results.replay
-    if not replay:
-        return []
-    teacher = {row.batch: row.sentences_per_s for row in replay if row.key == view.teacher.key}
-    rows = []
-    for row in replay:
-        reference = teacher.get(row.batch)
-        speedup = fmt_ratio(row.sentences_per_s / reference if reference else None)
-        rows.append([row.name, row.runtime, row.precision, str(row.batch), f"{row.sentences_per_s:.1f}", speedup])
-    columns = ["artifact", "runtime", "precision", "batch", "sentences/s", "speed-up"]
-    intro = "The whole dev split, grouped by length into batches (as `distill predict` does), padded per call."
-    return section("Dev-set replay", columns, rows, intro)
-
-
-def sweep_section(view: RunView) -> list[str]:
-    sweep = view.results.thread_sweep
-    if not sweep:
-        return []
-    rows = [[r.name, r.runtime, r.precision, str(r.seq), str(r.threads), f"{r.p50_ms:.2f}"] for r in sweep]
-    columns = ["artifact", "runtime", "precision", "seq", "threads", "p50 (ms)"]
-    return section("Thread sweep (batch 1)", columns, rows)
-
-
 def students_section(view: RunView) -> list[str]:
     evaluations = view.student_evals
     if not evaluations:
@@ -360,24 +319,3 @@ def budget_section(view: RunView) -> list[str]:
         return []
     intro = "Chosen by distill from the training data (docs/budget.md); the run's config.yaml records every value."
     return ["## Training budgets", "", intro, "", *(f"- {note}" for note in view.budget_notes), ""]
-
-
-def report_lines(view: RunView, statistics: list[str]) -> list[str]:
-    """Every section of report.md in order; ``statistics`` is the statistics section (empty without one)."""
-    warnings = busy_host(view) + slower_students(view) + trivial_students(view)
-    return [
-        *header(view),
-        *([*warnings, ""] if warnings else []),
-        *teacher_section(view),
-        *budget_section(view),
-        *artifact_section(view),
-        *latency_section(view),
-        *replay_section(view),
-        *sweep_section(view),
-        *students_section(view),
-        *statistics,
-        *stage1_section(view),
-        *fidelity_section(view),
-        *deployment_section(view),
-        *plots_section(view.layout, view.metric),
-    ]
