@@ -27,7 +27,7 @@ TEXT_PAIR_KEY = "distill_text_pair"
 """Key distill adds to a bundle's ``config.json``: whether the model reads sentence pairs."""
 DISABLED_OPTIMIZERS_KEY = "distill_disabled_optimizers"
 """Key distill adds to a bundle's ``config.json``: the ONNX Runtime graph optimisers its sessions switch off, because
-the export stage measured the bundle's graphs faster without them (:func:`distill.optimize.optimize_bundle`)."""
+the export stage measured the bundle's graphs faster without them (:func:`distill.fusion.fuse_bundle`)."""
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
