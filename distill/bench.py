@@ -200,7 +200,12 @@ def time_point(run: Runner, feeds: dict[str, np.ndarray], cfg: BenchConfig) -> d
 
 
 def _side_by_side(
-    runners: dict[str, tuple[Runner, list[str]]], token_pool: np.ndarray, seq: int, threads: int, cfg: BenchConfig
+    runners: dict[str, tuple[Runner, list[str]]],
+    identities: dict[str, dict[str, str]],
+    token_pool: np.ndarray,
+    seq: int,
+    threads: int,
+    cfg: BenchConfig,
 ) -> list[dict[str, Any]]:
     """Every artifact at batch 1 and ``seq``, timed in turns round after round (:func:`interleaved_p50`)."""
     feeds = latency_inputs(token_pool, 1, seq, seed=seq)
@@ -208,14 +213,14 @@ def _side_by_side(
     timed = interleaved_p50(runners, feeds, cfg.warmup, cfg.side_by_side_iterations)
     return [
         {
-            **json.loads(key),
+            **identities[label],
             "batch": 1,
             "seq": seq,
             "threads": threads,
             "p50_ms": p50,
             "iterations": cfg.side_by_side_iterations,
         }
-        for key, p50 in timed.items()
+        for label, p50 in timed.items()
     ]
 
 
@@ -255,7 +260,8 @@ def benchmark_artifacts(
     replay_rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
     side_rows: list[dict[str, Any]] = []
-    runners: dict[str, tuple[Runner, list[str]]] = {}
+    runners: dict[str, tuple[Runner, list[str]]] = {}  # by artifact label, for the side-by-side timing
+    identities: dict[str, dict[str, str]] = {}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     progress = tqdm(total=len(ordered) * len(cfg.batch_sizes) * len(cfg.seq_lengths), desc="benchmarking")
@@ -282,7 +288,8 @@ def benchmark_artifacts(
                 "runtime": artifact.runtime,
                 "precision": artifact.precision,
             }
-            runners[json.dumps(identity)] = (run, names)
+            label = "/".join(identity.values())
+            runners[label], identities[label] = (run, names), identity
             for batch in cfg.batch_sizes:
                 for seq in cfg.seq_lengths:
                     progress.set_postfix_str(f"{artifact.name}/{artifact.runtime} b{batch} s{seq}")
@@ -303,7 +310,7 @@ def benchmark_artifacts(
                     sweep_rows.append({**identity, "batch": 1, "seq": seq, "threads": count, **timing})
                 torch.set_num_threads(threads)
         if cfg.side_by_side_iterations:
-            side_rows = _side_by_side(runners, token_pool, max(cfg.seq_lengths), threads, cfg)
+            side_rows = _side_by_side(runners, identities, token_pool, max(cfg.seq_lengths), threads, cfg)
     finally:
         progress.close()
         torch.set_num_threads(previous_threads)

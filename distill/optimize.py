@@ -248,8 +248,9 @@ def optimize_bundle(
     switched_off = {DISABLED_OPTIMIZERS_KEY: list(disabled)} if disabled else {}
     write_json(bundle_dir / "config.json", {**model_config, **switched_off})
     graphs = {"fp32": fp32, **({"fp32-opt": optimized_path} if optimized_path else {})}
-    pool = Pool([*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads, teacher_dev)
-    pool.disabled_optimizers = disabled
+    pool = Pool(
+        [*validation, *unlabelled], validation, labels, metric_names, np.empty(0), threads, teacher_dev, disabled
+    )
     candidates: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="distill-candidates-") as scratch_dir, contextlib.ExitStack() as stack:
         scratch, prepared = Path(scratch_dir), {}

@@ -53,6 +53,10 @@ def test_benchmark_rows(artifacts: list[Artifact], validation: datasets.Dataset,
     assert student_onnx["size_bytes"] == artifacts[2].path.stat().st_size
     assert student_onnx["path"] == str(artifacts[2].path)
 
+    side = {(row["name"], row["runtime"], row["precision"]): row for row in results["side_by_side"]}
+    assert set(side) == {(name, runtime, "fp32") for name, runtime in rows}, "every artifact timed side by side"
+    assert all(row["batch"] == 1 and row["seq"] == 16 and row["p50_ms"] > 0 for row in side.values())
+
     latency = results["latency"]
     assert len(latency) == 3 * 2 * 2
     assert {(row["name"], row["runtime"], row["batch"], row["seq"]) for row in latency} == {

@@ -28,6 +28,8 @@ def latency_section(view: RunView) -> list[str]:
 def side_by_side_section(view: RunView) -> list[str]:
     """The batch-1 timing of every artifact in turns, with its ratios to the teacher in PyTorch and to its INT8."""
     side = view.results.side_by_side
+    if not side:
+        return []
     int8 = [p.p50_ms for p in side if p.role == "teacher" and p.precision in ("int8", "int8-over-budget")]
     references = (view.results.side_by_side_p50(view.teacher), min(int8, default=None))
     rows = [
@@ -45,7 +47,7 @@ def side_by_side_section(view: RunView) -> list[str]:
         "slowdown divided out, so a slow spell of the machine hits all alike: the ratios to quote."
     )
     columns = ["artifact", "runtime", "precision", "p50 (ms)", "vs teacher PyTorch", "vs teacher's INT8"]
-    return section(f"Side by side (batch 1, sequence {side[0].seq})", columns, rows, intro) if side else []
+    return section(f"Side by side (batch 1, sequence {side[0].seq})", columns, rows, intro)
 
 
 def replay_section(view: RunView) -> list[str]:
